@@ -1,0 +1,65 @@
+"""Real processes on 127.0.0.1: an MLflow tracking server (SQLite, proxied artifacts in a temp dir),
+the model trained against it by workspace/train.py, and `mlflow models serve` on that model."""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from helpers import VENV_BIN, background_process, free_port, run_python, tool_env
+
+
+@dataclass
+class TrackingServer:
+    url: str
+    root: Path
+
+
+@dataclass
+class TrainedModel:
+    run_id: str
+    model_uri: str
+    version: str
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tracking")
+    port = free_port()
+    command = [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+               "--serve-artifacts", "--artifacts-destination", str(root / "artifacts")]
+    env = tool_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    url = f"http://127.0.0.1:{port}"
+    with background_process(command, root / "server.log", f"{url}/health", env=env, cwd=root):
+        # In-process MLflow calls of the tests (client, registry, model loading) use it too.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_URI", url)
+            yield TrackingServer(url, root)
+
+
+@pytest.fixture(scope="session")
+def client_env(tracking_server):
+    return tool_env(MLFLOW_TRACKING_URI=tracking_server.url)
+
+
+@pytest.fixture(scope="session")
+def trained(client_env):
+    result = run_python("train.py", "--alpha", "0.5", "--l1-ratio", "0.5", env=client_env)
+    assert result.returncode == 0, result.stderr
+    run_id = re.search(r"^run_id: (\w+)$", result.stdout, re.M).group(1)
+    model_uri = re.search(r"^model_uri: (\S+)$", result.stdout, re.M).group(1)
+    return TrainedModel(run_id, model_uri, model_uri.rsplit("/", 1)[1])
+
+
+@pytest.fixture(scope="session")
+def scoring_url(trained, client_env, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    command = [str(VENV_BIN / "mlflow"), "models", "serve", "--model-uri", trained.model_uri,
+               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    with background_process(command, log_dir / "serve.log", f"{base}/ping", timeout=180,
+                            env=client_env, cwd=log_dir):
+        yield f"{base}/invocations"
