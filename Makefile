@@ -53,8 +53,7 @@ help: ## Show this help
 
 ##@ The stack
 .PHONY: up
-up: secrets build ## Build if needed, start tracking and dev, wait until healthy, print the URLs
-	@tools/check-ports tracking:$(TRACKING_PORT):TRACKING_PORT dev:$(JUPYTER_PORT):JUPYTER_PORT dev:$(SSH_PORT):SSH_PORT
+up: ports-free secrets build ## Build if needed, start tracking and dev, wait until healthy, print the URLs
 	@if [ "$(HOST_UID)" -eq 0 ]; then chown $(APP_UID):$(APP_GID) mlruns workspace; fi
 	$(COMPOSE) up -d --remove-orphans tracking dev
 	@tools/wait-healthy 300 tracking dev
@@ -158,10 +157,12 @@ clean: ## Remove the stack, its images and EVERY run, model and artifact in ./ml
 	  [ "$$answer" = y ] || { echo "Nothing deleted."; exit 1; }; fi
 	$(COMPOSE) --profile serve down --volumes --remove-orphans --rmi all
 	find mlruns -mindepth 1 ! -name .gitkeep -delete
-	rm -rf $(VENV) .build
 
 # Internal steps.
-.PHONY: secrets ca-certificates base-image-check
+.PHONY: ports-free secrets ca-certificates base-image-check
+ports-free:
+	@tools/check-ports tracking:$(TRACKING_PORT):TRACKING_PORT dev:$(JUPYTER_PORT):JUPYTER_PORT dev:$(SSH_PORT):SSH_PORT
+
 secrets:
 	@tools/make-secrets
 

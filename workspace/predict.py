@@ -43,9 +43,16 @@ def score(url, payload, timeout=60):
     return response.json()["predictions"]
 
 
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="predict.py", description="Score rows with the served model.")
-    parser.add_argument("--rows", type=int, default=5, help="rows of the shipped data to score (default 5)")
+    parser.add_argument("--rows", type=positive_int, default=5, help="rows of the shipped data to score (default 5)")
     parser.add_argument("--csv", help="score the rows of this CSV file instead")
     parser.add_argument("--url", default=os.environ.get("SCORING_URL", DEFAULT_URL),
                         help="the /invocations URL (default: $SCORING_URL or %(default)s)")

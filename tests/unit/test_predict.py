@@ -57,3 +57,11 @@ def test_cli_reports_errors_in_one_line(capsys):
     assert predict.main(["--url", url]) == 1
     err = capsys.readouterr().err
     assert err.startswith("predict.py: error: cannot reach") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("rows", ["0", "-3", "many"])
+def test_cli_refuses_a_bad_row_count(rows, capsys):
+    with pytest.raises(SystemExit) as caught:
+        predict.main(["--rows", rows])
+    assert caught.value.code == 2
+    assert "--rows" in capsys.readouterr().err
