@@ -44,6 +44,13 @@ define require_running
 	  echo "error: the $(1) container is not running: start the stack with 'make up'" >&2; exit 1; fi
 endef
 
+# Runs a command in the dev container. `docker exec` rather than `compose exec`, because some
+# Compose v2 releases report a failed command's exit status as 0.
+define in_dev
+	$(call require_running,dev)
+	docker exec $$($(COMPOSE) ps -q dev) $(1)
+endef
+
 .PHONY: help
 help: ## Show this help
 	@echo "mlflow-devstack: MLflow tracking, JupyterLab/SSH dev container and model serving."
@@ -110,8 +117,7 @@ lab: ## Print the JupyterLab URL, with its token
 
 .PHONY: train
 train: ## Train and register the model in the dev container: make train ALPHA=0.5 L1=0.5
-	$(call require_running,dev)
-	$(COMPOSE) exec -T dev python train.py --alpha '$(ALPHA)' --l1-ratio '$(L1)'
+	$(call in_dev,python train.py --alpha '$(ALPHA)' --l1-ratio '$(L1)')
 
 .PHONY: serve
 serve: ## Serve a model (default: latest wine-quality): make serve [MODEL=models:/wine-quality/2]
@@ -123,13 +129,16 @@ serve: ## Serve a model (default: latest wine-quality): make serve [MODEL=models
 
 .PHONY: predict
 predict: ## Score the first rows of the data set with the served model
-	$(call require_running,dev)
-	$(COMPOSE) exec -T dev python predict.py
+	$(call in_dev,python predict.py)
 
 ##@ Development
 .PHONY: test
 test: $(VENV)/.installed ## Run every test: unit, host integration, end-to-end (Docker)
 	$(PYTHON) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+
+.PHONY: test-e2e
+test-e2e: $(VENV)/.installed ## Run the end-to-end tests only (make test-e2e COMPOSE=docker-compose)
+	$(PYTHON) -m pytest tests/e2e $(PYTEST_ARGS)
 
 .PHONY: test-fast
 test-fast: $(VENV)/.installed ## Run the tests that need no Docker: unit and host integration

@@ -3,6 +3,7 @@ benchmarks. The copy has its own ./mlruns and .secrets, a unique Compose project
 host ports, so it never touches the user's stack."""
 
 import os
+import shlex
 import shutil
 import subprocess
 import uuid
@@ -16,7 +17,10 @@ PORT_VARIABLES = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT")
 
 
 def compose_command():
-    """`docker compose` (v2) if installed, else `docker-compose` (v1), else None: as the Makefile picks."""
+    """$COMPOSE if set, else `docker compose` (v2) if installed, else `docker-compose` (v1), else None:
+    as the Makefile picks."""
+    if os.environ.get("COMPOSE"):
+        return shlex.split(os.environ["COMPOSE"])
     for candidate in (["docker", "compose"], ["docker-compose"]):
         try:
             if subprocess.run([*candidate, "version"], capture_output=True, timeout=60).returncode == 0:
