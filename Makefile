@@ -20,7 +20,10 @@ ifeq ($(APP_GID),)
 APP_GID := $(if $(filter 0,$(HOST_UID)),1000,$(shell id -g))
 endif
 MLRUNS_DIR := $(CURDIR)/mlruns
-COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# Compose v2 if installed, else v1; decided once, not at every use.
+ifndef COMPOSE
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+endif
 export COMPOSE COMPOSE_PROJECT_NAME BIND_ADDRESS TRACKING_PORT JUPYTER_PORT SSH_PORT SERVE_PORT \
   TRACKING_ALLOWED_HOSTS MODEL_URI BASE_IMAGE IMAGE_PREFIX STACK_VERSION APP_UID APP_GID \
   BUILD_NETWORK MLRUNS_DIR
