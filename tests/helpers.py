@@ -30,7 +30,7 @@ def tail(path, lines=40):
         return "(no log)"
 
 
-def wait_for_http(url, timeout, process=None, log=None, headers=None):
+def wait_for_http(url, timeout, process=None, log=None):
     """Poll url until it answers 200; fail early if the process serving it has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -38,7 +38,7 @@ def wait_for_http(url, timeout, process=None, log=None, headers=None):
             raise AssertionError(f"process exited with {process.returncode} before {url} was ready:\n"
                                  f"{tail(log)}")
         try:
-            if requests.get(url, timeout=5, headers=headers).status_code == 200:
+            if requests.get(url, timeout=5).status_code == 200:
                 return
         except requests.RequestException:
             pass

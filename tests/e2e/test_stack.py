@@ -2,7 +2,6 @@
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 
@@ -153,7 +152,6 @@ def test_make_predict_prints_numeric_predictions(stack, served):
     assert all(3 < value < 8 for value in values)
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_plain_curl_of_invocations(stack, served):
     body = {"dataframe_split": {"columns": ["fixed acidity", "volatile acidity", "citric acid", "residual sugar",
                                            "chlorides", "free sulfur dioxide", "total sulfur dioxide", "density",

@@ -5,7 +5,9 @@ import json
 import pytest
 import requests
 
+import predict
 import train
+from helpers import run_python, tool_env
 from wine_data import features_and_target, load_wine_data
 
 
@@ -77,8 +79,6 @@ def test_unknown_input_form_is_a_4xx(scoring_url):
 
 
 def test_predict_client_prints_the_predictions(scoring_url, expected):
-    import predict
-    from helpers import run_python, tool_env
     result = run_python("predict.py", "--rows", "8", env=tool_env(SCORING_URL=scoring_url))
     assert result.returncode == 0, result.stderr
     printed = [float(line.split(":")[1]) for line in result.stdout.splitlines() if line.strip().startswith("row ")]

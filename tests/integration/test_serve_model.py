@@ -1,5 +1,8 @@
 """images/serve/serve_model.py, the serve container's entry point, on the host."""
 
+from mlflow.tracking import MlflowClient
+
+import serve_model
 from helpers import ROOT, run_python
 
 SERVE_MODEL = ROOT / "images" / "serve" / "serve_model.py"
@@ -21,8 +24,6 @@ def test_missing_version_is_one_clear_message(client_env, trained):
 
 
 def test_latest_resolves_to_the_highest_version(client_env, trained):
-    from mlflow.tracking import MlflowClient
-    import serve_model
     client = MlflowClient(client_env["MLFLOW_TRACKING_URI"])
     highest = max(int(v.version) for v in client.search_model_versions("name = 'wine-quality'"))
     assert serve_model.resolve("models:/wine-quality/latest", client) == f"models:/wine-quality/{highest}"
