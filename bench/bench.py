@@ -47,36 +47,29 @@ def scoring_latency(url, rows, count):
             "rows_per_s": round(len(rows) * count / (sum(durations) / 1000))}
 
 
-def memory_by_service(stack):
-    """Resident memory of each running container, in MiB, from docker stats."""
-    ids = stack.container_ids()
-    out = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.ID}} {{.MemUsage}}", *ids],
-                         capture_output=True, text=True, check=True).stdout
-    services = {}
-    for line in out.splitlines():
-        container, usage = line.split(" ", 1)
-        service = subprocess.run(["docker", "inspect", "-f", '{{index .Config.Labels "com.docker.compose.service"}}',
-                                  container], capture_output=True, text=True, check=True).stdout.strip()
-        amount, unit = usage.split("/")[0].strip()[:-3], usage.split("/")[0].strip()[-3:]
-        services[service] = round(float(amount) * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[unit], 1)
-    return services
+def containers_by_service(stack):
+    """{service: (container id, image)} for the stack's running containers."""
+    found = {}
+    for container in stack.container_ids():
+        service, image = subprocess.run(
+            ["docker", "inspect", "-f", '{{index .Config.Labels "com.docker.compose.service"}} {{.Config.Image}}',
+             container], capture_output=True, text=True, check=True).stdout.split()
+        found[service] = (container, image)
+    return found
 
 
-def image_sizes(stack):
-    sizes = {}
-    for service in ("tracking", "dev", "serve"):
-        image = f"{stack.env.get('IMAGE_PREFIX', 'mlflow-devstack')}/{service}:{stack_version()}"
-        size = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", image],
-                              capture_output=True, text=True, check=True).stdout
-        sizes[service] = round(int(size) / 2**20)
-    return sizes
+def memory_mib(container):
+    """Memory in use by a container, in MiB, from docker stats."""
+    usage = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
+                           capture_output=True, text=True, check=True).stdout.split("/")[0].strip()
+    amount, unit = float(usage[:-3]), usage[-3:]
+    return round(amount * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[unit], 1)
 
 
-def stack_version():
-    for line in (ROOT / ".env").read_text().splitlines():
-        if line.startswith("STACK_VERSION="):
-            return line.split("=", 1)[1]
-    raise RuntimeError("STACK_VERSION missing from .env")
+def image_mib(image):
+    size = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", image],
+                          capture_output=True, text=True, check=True).stdout
+    return round(int(size) / 2**20)
 
 
 def main():
@@ -98,8 +91,9 @@ def main():
             inputs, _ = features_and_target(load_wine_data())
             url = stack.url("SERVE_PORT") + "/invocations"
             figures["scoring"] = [scoring_latency(url, inputs.head(size), REQUESTS_PER_SIZE) for size in (1, 100, 1000)]
-            figures["memory_mib"] = memory_by_service(stack)
-            figures["image_mib"] = image_sizes(stack)
+            containers = containers_by_service(stack)
+            figures["memory_mib"] = {service: memory_mib(c) for service, (c, _) in containers.items()}
+            figures["image_mib"] = {service: image_mib(image) for service, (_, image) in containers.items()}
             seconds["make down"] = timed(lambda: stack.make("down"))
             seconds["make up again, to healthy"] = timed(lambda: stack.make("up"))
         finally:
