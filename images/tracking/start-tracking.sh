@@ -11,8 +11,9 @@ if [ ! -w "$MLRUNS" ]; then
   exit 1
 fi
 mkdir -p "$MLRUNS/artifacts"
+# No access log: the healthcheck asks for /health every 2 s, and `make logs` would show little else.
 exec mlflow server \
-  --host 0.0.0.0 --port 5000 --workers 1 \
+  --host 0.0.0.0 --port 5000 --workers 1 --uvicorn-opts "--no-access-log" \
   --backend-store-uri "sqlite:///$MLRUNS/mlflow.db" \
   --serve-artifacts --artifacts-destination "$MLRUNS/artifacts" \
   --allowed-hosts "$allowed_hosts"
