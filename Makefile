@@ -4,11 +4,11 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-# .env, read with `?=` so the shell and the command line override it, as they do for Compose.
+# .env, read by the rules Compose reads it with, as `?=` lines: the shell and the command line win.
 ENV_MK := .build/env.mk
-$(ENV_MK): .env
+$(ENV_MK): .env tools/env-to-make
 	@mkdir -p $(@D)
-	@sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=\(.*\)$$/\1 ?= \2/p' .env >$@
+	@tools/env-to-make .env >$@
 include $(ENV_MK)
 
 # Containers run as you, so workspace/ and mlruns/ stay yours; never as root.
@@ -19,19 +19,28 @@ endif
 ifeq ($(APP_GID),)
 APP_GID := $(if $(filter 0,$(HOST_UID)),1000,$(shell id -g))
 endif
-MLRUNS_DIR := $(CURDIR)/mlruns
+# The Compose project: COMPOSE_PROJECT_NAME, else this folder's name, normalised as Compose does.
+PROJECT_NAME := $(shell name='$(or $(COMPOSE_PROJECT_NAME),$(notdir $(CURDIR)))'; \
+  printf '%s' "$${name,,}" | tr -cd 'a-z0-9_-' | sed 's/^[_-]*//')
 # Compose v2 if installed, else v1; decided once, not at every use.
 ifndef COMPOSE
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 endif
-export COMPOSE COMPOSE_PROJECT_NAME BIND_ADDRESS TRACKING_PORT JUPYTER_PORT SSH_PORT SERVE_PORT \
-  TRACKING_ALLOWED_HOSTS MODEL_URI BASE_IMAGE IMAGE_PREFIX STACK_VERSION APP_UID APP_GID \
-  BUILD_NETWORK MLRUNS_DIR
+IMAGE_TAG := $(STACK_VERSION)-uid$(APP_UID)-gid$(APP_GID)
+IMAGES := $(foreach service,tracking dev serve,$(IMAGE_PREFIX)/$(service):$(IMAGE_TAG))
+export COMPOSE BIND_ADDRESS TRACKING_PORT JUPYTER_PORT SSH_PORT SERVE_PORT TRACKING_ALLOWED_HOSTS \
+  MODEL_URI MLFLOW_DISABLE_TELEMETRY BASE_IMAGE LOCAL_BASE_IMAGE IMAGE_PREFIX STACK_VERSION APP_UID \
+  APP_GID EXTRA_CA_CERTS BUILD_NETWORK PROJECT_NAME HOST_ADDRESS
+ifneq ($(COMPOSE_PROJECT_NAME),)
+export COMPOSE_PROJECT_NAME
+endif
 
 # The address to reach published ports from this machine.
 HOST_ADDRESS := $(if $(filter 0.0.0.0,$(BIND_ADDRESS)),127.0.0.1,$(BIND_ADDRESS))
 SSH_OPTIONS := -i .secrets/id_ed25519 -p $(SSH_PORT) -o IdentitiesOnly=yes \
   -o UserKnownHostsFile=.secrets/known_hosts -o StrictHostKeyChecking=yes
+# The MLflow UI in its "Model training" view (runs, metrics), not the GenAI one.
+UI_URL = $$(tools/ui-url http://$(HOST_ADDRESS):$(TRACKING_PORT))
 ALPHA ?= 0.5
 L1 ?= 0.5
 MODEL ?= $(MODEL_URI)
@@ -39,32 +48,27 @@ MODEL ?= $(MODEL_URI)
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-# Fails with a hint unless the service's container is running.
-define require_running
-	@id=$$($(COMPOSE) ps -q $(1) 2>/dev/null || true); \
-	if [ -z "$$id" ] || [ "$$(docker inspect -f '{{.State.Running}}' $$id)" != true ]; then \
-	  echo "error: the $(1) container is not running: start the stack with 'make up'" >&2; exit 1; fi
-endef
-
-# Runs a command in the dev container. `docker exec` rather than `compose exec`, because some
-# Compose v2 releases report a failed command's exit status as 0.
+# Runs a command in the dev container. `docker exec` on the container found by Compose's labels:
+# much faster than `compose exec`, and some Compose v2 releases report a failed command's exit
+# status as 0 there.
 define in_dev
-	$(call require_running,dev)
-	docker exec $$($(COMPOSE) ps -q dev) $(1)
+	@id=$$(tools/container-of dev); docker exec "$$id" $(1)
 endef
 
 .PHONY: help
 help: ## Show this help
 	@echo "mlflow-devstack: MLflow tracking, JupyterLab/SSH dev container and model serving."
 	@echo
-	@awk -F':.*## ' '/^##@/ {print "\n" substr($$0, 5)} /^[a-z-]+:.*## / {printf "  make %-11s %s\n", $$1, $$2}' \
+	@awk -F':.*## ' '/^##@/ {print "\n" substr($$0, 5)} /^[a-zA-Z0-9_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' \
 	  $(firstword $(MAKEFILE_LIST))
 
 ##@ The stack
 .PHONY: up
-up: ports-free secrets build ## Build if needed, start tracking and dev, wait until healthy, print the URLs
-	@if [ "$(HOST_UID)" -eq 0 ]; then chown $(APP_UID):$(APP_GID) mlruns workspace; fi
+up: own-project ports-free secrets images ## Build if needed, start tracking and dev, wait until healthy, print the URLs
+	@if [ "$(HOST_UID)" -eq 0 ]; then \
+	  find workspace mlruns \( ! -uid $(APP_UID) -o ! -gid $(APP_GID) \) -exec chown -h $(APP_UID):$(APP_GID) {} +; fi
 	$(COMPOSE) up -d --remove-orphans tracking dev
 	@tools/wait-healthy 300 tracking dev
 	@$(MAKE) --no-print-directory urls
@@ -74,13 +78,13 @@ down: ## Stop and remove the containers (runs, models and artifacts stay in ./ml
 	$(COMPOSE) --profile serve down --remove-orphans
 
 .PHONY: build
-build: ca-certificates base-image-check ## Build the images (tracking, dev, serve)
-	$(COMPOSE) --profile serve build
+build: ca-certificates secrets ## Build the images (tracking, dev, serve), on a registry-free base if need be
+	base=$$(tools/base-image) && BASE_IMAGE=$$base $(COMPOSE) --profile serve build
+	@mkdir -p .build && touch .build/images-$(IMAGE_TAG)
 
 .PHONY: base-image
-base-image: ## Build a base image from Debian packages, for machines with no registry (root)
+base-image: ## Build the base image from Debian packages, for machines with no registry (root)
 	images/base/build.sh $(LOCAL_BASE_IMAGE)
-	@echo "Now build on it: set BASE_IMAGE=$(LOCAL_BASE_IMAGE) in .env"
 
 .PHONY: ps
 ps: ## Show the containers and their health
@@ -93,11 +97,15 @@ logs: ## Follow the logs (make logs SERVICE=tracking for one service)
 .PHONY: urls
 urls: ## Print the URLs and the ssh command
 	@echo
-	@echo "  MLflow UI    http://$(HOST_ADDRESS):$(TRACKING_PORT)"
+	@echo "  MLflow UI    $(UI_URL)"
 	@echo "  JupyterLab   http://$(HOST_ADDRESS):$(JUPYTER_PORT)/lab?token=$$(cat .secrets/jupyter_token)"
 	@echo "  SSH          ssh $(SSH_OPTIONS) mlflow@$(HOST_ADDRESS)   (or: make ssh)"
 	@echo "  Model server http://$(HOST_ADDRESS):$(SERVE_PORT)/invocations   (after: make serve)"
 	@echo
+
+.PHONY: doctor
+doctor: ## Check what users trip on (Docker, base image, ports, file owners, CAs, health, host names)
+	@tools/doctor
 
 ##@ Working in the dev container
 .PHONY: ssh
@@ -105,14 +113,12 @@ ssh: ## Open a shell in the dev container over SSH
 	ssh $(SSH_OPTIONS) mlflow@$(HOST_ADDRESS)
 
 .PHONY: ssh-config
-ssh-config: ## Print a ~/.ssh/config block (for ssh mlflow-devstack and VS Code Remote-SSH)
-	@echo "Host $(COMPOSE_PROJECT_NAME)"
-	@echo "  HostName $(HOST_ADDRESS)"
-	@echo "  Port $(SSH_PORT)"
-	@echo "  User mlflow"
-	@echo "  IdentityFile $(CURDIR)/.secrets/id_ed25519"
-	@echo "  IdentitiesOnly yes"
-	@echo "  UserKnownHostsFile $(CURDIR)/.secrets/known_hosts"
+ssh-config: ## Print a ~/.ssh/config block (VS Code Remote-SSH); REMOTE=you@vm: for a laptop, via the VM
+	@tools/ssh-config '$(REMOTE)'
+
+.PHONY: tunnel
+tunnel: ## Print the ssh command that opens the UI and JupyterLab of a stack on REMOTE=you@vm here
+	@tools/ssh-config --tunnel '$(REMOTE)'
 
 .PHONY: lab
 lab: ## Print the JupyterLab URL, with its token
@@ -121,10 +127,11 @@ lab: ## Print the JupyterLab URL, with its token
 .PHONY: train
 train: ## Train and register the model in the dev container: make train ALPHA=0.5 L1=0.5
 	$(call in_dev,python train.py --alpha '$(ALPHA)' --l1-ratio '$(L1)')
+	@echo "Compare the runs: $(UI_URL)"
 
 .PHONY: serve
 serve: ## Serve a model (default: latest wine-quality): make serve [MODEL=models:/wine-quality/2]
-	$(call require_running,tracking)
+	@tools/container-of tracking >/dev/null
 	@tools/check-ports serve:$(SERVE_PORT):SERVE_PORT
 	MODEL_URI='$(MODEL)' $(COMPOSE) --profile serve up -d --no-deps --force-recreate serve
 	@tools/wait-healthy 300 serve
@@ -148,14 +155,15 @@ test-fast: $(VENV)/.installed ## Run the tests that need no Docker: unit and hos
 	$(PYTHON) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: $(VENV)/.installed ## Measure start-up, training, serving latency and memory (bench/results/)
-	$(PYTHON) bench/bench.py
+bench: $(VENV)/.installed ## Measure start-up, training, serving, memory and sizes (bench/results/)
+	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 
 .PHONY: lock
-lock: ca-certificates base-image-check ## Re-resolve requirements/constraints.txt after changing a pin
+lock: ca-certificates ## Re-resolve requirements/constraints.txt after changing a pin
 	@mkdir -p .build
-	docker run --rm --network $(BUILD_NETWORK) -v "$(CURDIR)/requirements:/requirements:ro" \
-	  -v "$(CURDIR)/images/ca-certificates:/usr/local/share/ca-certificates/extra:ro" '$(BASE_IMAGE)' \
+	base=$$(tools/base-image) && docker run --rm --network $(BUILD_NETWORK) \
+	  -v "$(CURDIR)/requirements:/requirements:ro" \
+	  -v "$(CURDIR)/images/ca-certificates:/usr/local/share/ca-certificates/extra:ro" "$$base" \
 	  sh -c 'update-ca-certificates >/dev/null && python3 -m venv /tmp/lock \
 	    && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /tmp/lock/bin/pip install -q -r /requirements/test.txt \
 	    && /tmp/lock/bin/pip freeze' >.build/freeze.txt
@@ -169,25 +177,29 @@ clean: ## Remove the stack, its images and EVERY run, model and artifact in ./ml
 	  [ "$$answer" = y ] || { echo "Nothing deleted."; exit 1; }; fi
 	$(COMPOSE) --profile serve down --volumes --remove-orphans --rmi all
 	find mlruns -mindepth 1 ! -name .gitkeep -delete
+	rm -f .build/images-*
 
 # Internal steps.
-.PHONY: ports-free secrets ca-certificates base-image-check
+.PHONY: own-project ports-free secrets images ca-certificates
+own-project:
+	@tools/check-project
+
 ports-free:
 	@tools/check-ports tracking:$(TRACKING_PORT):TRACKING_PORT dev:$(JUPYTER_PORT):JUPYTER_PORT dev:$(SSH_PORT):SSH_PORT
 
 secrets:
 	@tools/make-secrets
 
+# Builds only when an image is missing or a file it is built from changed since the last build.
+images: ca-certificates
+	@if ! docker image inspect $(IMAGES) >/dev/null 2>&1 || [ ! -e .build/images-$(IMAGE_TAG) ] \
+	  || [ -n "$$(find images requirements .dockerignore -newer .build/images-$(IMAGE_TAG) | head -1)" ]; then \
+	  $(MAKE) --no-print-directory build; fi
+
 ca-certificates:
-	@if [ -d "$(EXTRA_CA_CERTS)" ]; then cp "$(EXTRA_CA_CERTS)"/*.crt images/ca-certificates/; \
-	elif [ -n "$(EXTRA_CA_CERTS)" ]; then cp "$(EXTRA_CA_CERTS)" images/ca-certificates/extra.crt; fi
+	@tools/sync-ca-certificates
 
-base-image-check:
-	@docker image inspect '$(BASE_IMAGE)' >/dev/null 2>&1 || docker pull '$(BASE_IMAGE)' || { \
-	  echo "error: cannot pull $(BASE_IMAGE). With no registry, build a base from Debian packages:" >&2; \
-	  echo "       sudo make base-image, then set BASE_IMAGE=$(LOCAL_BASE_IMAGE) in .env" >&2; exit 1; }
-
-$(VENV)/.installed: requirements/runtime.txt requirements/dev.txt requirements/test.txt requirements/constraints.txt
+$(VENV)/.installed: requirements/*.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -r requirements/test.txt -c requirements/constraints.txt
 	@touch $@
