@@ -1,8 +1,10 @@
 """A throwaway copy of the Compose stack, driven through the Makefile: for end-to-end tests and
-benchmarks. The copy has its own ./mlruns and .secrets, a unique Compose project name and free
-host ports, so it never touches the user's stack."""
+benchmarks. The copy has its own ./mlruns and .secrets, free host ports, and a folder with a unique
+name, which Compose takes as the project name (as for a user's checkout), so it never touches the
+user's stack and plain `docker compose` commands in it need nothing but its .env."""
 
 import os
+import pwd
 import shlex
 import shutil
 import subprocess
@@ -13,6 +15,8 @@ from pathlib import Path
 from helpers import ROOT, free_port
 
 NOT_COPIED = {".git", ".venv", ".build", ".secrets", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
+# What the test runner's environment must not hand to a stack: it would override the copy's .env.
+NOT_INHERITED = ("COMPOSE_PROJECT_NAME", "APP_UID", "APP_GID", "MLRUNS_DIR")
 PORT_VARIABLES = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT")
 
 
@@ -48,6 +52,11 @@ def copy_ignore(folder, names):
     return [name for name in names if name in NOT_COPIED]
 
 
+def base_env():
+    """The test runner's environment, less what would override a stack's .env."""
+    return {name: value for name, value in os.environ.items() if name not in NOT_INHERITED}
+
+
 @dataclass
 class Stack:
     root: Path
@@ -55,20 +64,34 @@ class Stack:
     ports: dict
     compose: list
     app_uid: int
+    user: str = None
     log: list = field(default_factory=list)
 
     @classmethod
-    def copy_of_project(cls, parent):
-        root = Path(parent) / "mlflow-devstack"
+    def copy_of_project(cls, parent, user=None):
+        """A copy in parent/devstack-test-<random>; with user, owned by and run as that user."""
+        root = Path(parent) / f"devstack-test-{uuid.uuid4().hex[:8]}"
         shutil.copytree(ROOT, root, ignore=copy_ignore)
         ports = {name: free_port() for name in PORT_VARIABLES}
-        env = dict(os.environ, COMPOSE_PROJECT_NAME=f"devstack-test-{uuid.uuid4().hex[:8]}",
-                   MLRUNS_DIR=str(root / "mlruns"), **{name: str(port) for name, port in ports.items()})
-        return cls(root, env, ports, compose_command(), os.getuid() or 1000)
+        env = dict(base_env(), **{name: str(port) for name, port in ports.items()})
+        app_uid = os.getuid() or 1000
+        if user:
+            account = pwd.getpwnam(user)
+            subprocess.run(["chown", "-R", f"{account.pw_uid}:{account.pw_gid}", str(root)], check=True)
+            env.update(HOME=account.pw_dir, USER=user, LOGNAME=user)
+            app_uid = account.pw_uid
+        return cls(root, env, ports, compose_command(), app_uid, user)
+
+    @property
+    def project(self):
+        return self.root.name
+
+    def as_user(self, command):
+        return ["runuser", "-u", self.user, "--", *command] if self.user else command
 
     def make(self, *args, timeout=1800, check=True, input=None):
-        result = subprocess.run(["make", "--no-print-directory", *args], cwd=self.root, env=self.env,
-                                capture_output=True, text=True, timeout=timeout, input=input)
+        result = subprocess.run(self.as_user(["make", "--no-print-directory", *args]), cwd=self.root,
+                                env=self.env, capture_output=True, text=True, timeout=timeout, input=input)
         self.log.append(f"$ make {' '.join(args)}  -> {result.returncode}\n{result.stdout}{result.stderr}")
         if check and result.returncode != 0:
             raise AssertionError(f"make {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -79,10 +102,18 @@ class Stack:
                               text=True, timeout=timeout)
 
     def container_ids(self):
-        project = self.env["COMPOSE_PROJECT_NAME"]
-        result = subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={project}"],
+        result = subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}"],
                                 capture_output=True, text=True, check=True)
         return result.stdout.split()
+
+    def container_of(self, service):
+        result = subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}",
+                                 "--filter", f"label=com.docker.compose.service={service}"],
+                                capture_output=True, text=True, check=True)
+        return result.stdout.strip()
+
+    def secret(self, name):
+        return (self.root / ".secrets" / name).read_text().strip()
 
     def url(self, port_variable):
         return f"http://127.0.0.1:{self.ports[port_variable]}"

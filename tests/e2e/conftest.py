@@ -6,6 +6,8 @@ where that is a failure.
 """
 
 import os
+import re
+import subprocess
 
 import pytest
 
@@ -29,5 +31,26 @@ def stack(tmp_path_factory, request):
     finally:
         if up_failed or request.session.testsfailed:
             print("\n".join(stack.log))
-            print(f"--- compose logs of {stack.env['COMPOSE_PROJECT_NAME']} ---\n{stack.logs()}")
+            print(f"--- compose logs of {stack.project} ---\n{stack.logs()}")
         stack.remove()
+
+
+@pytest.fixture(scope="session")
+def trained_run(stack):
+    """(run id, model version) of `make train ALPHA=0.5 L1=0.5`."""
+    result = stack.make("train", "ALPHA=0.5", "L1=0.5", timeout=600)
+    run_id = re.search(r"^run_id: (\w+)$", result.stdout, re.M).group(1)
+    version = re.search(r"^model_uri: models:/wine-quality/(\d+)$", result.stdout, re.M).group(1)
+    return run_id, version
+
+
+@pytest.fixture
+def served(stack, trained_run):
+    """The /invocations URL of `make serve`, serving the trained model; served again if a test left
+    the serve container failed (as `make serve MODEL=<missing>` does)."""
+    container = stack.container_of("serve")
+    healthy = container and subprocess.run(["docker", "inspect", "-f", "{{.State.Health.Status}}", container],
+                                           capture_output=True, text=True).stdout.strip() == "healthy"
+    if not healthy:
+        stack.make("serve", timeout=900)
+    return stack.url("SERVE_PORT") + "/invocations"

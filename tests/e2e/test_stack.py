@@ -12,14 +12,6 @@ from mlflow.tracking import MlflowClient
 SSH_BATCH = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=20"]
 
 
-@pytest.fixture(scope="module")
-def trained_run(stack):
-    result = stack.make("train", "ALPHA=0.5", "L1=0.5", timeout=600)
-    run_id = re.search(r"^run_id: (\w+)$", result.stdout, re.M).group(1)
-    version = re.search(r"^model_uri: models:/wine-quality/(\d+)$", result.stdout, re.M).group(1)
-    return run_id, version
-
-
 def ssh_command(stack, *options, user="mlflow"):
     secrets = stack.root / ".secrets"
     return ["ssh", "-p", str(stack.ports["SSH_PORT"]), "-o", f"UserKnownHostsFile={secrets / 'known_hosts'}",
@@ -27,8 +19,7 @@ def ssh_command(stack, *options, user="mlflow"):
 
 
 def test_up_reaches_healthy(stack):
-    ids = stack.container_ids()
-    assert len(ids) == 2
+    ids = [stack.container_of(service) for service in ("tracking", "dev")]
     health = subprocess.run(["docker", "inspect", "-f", "{{.State.Health.Status}}", *ids],
                             capture_output=True, text=True, check=True).stdout.split()
     assert health == ["healthy", "healthy"]
@@ -37,7 +28,8 @@ def test_up_reaches_healthy(stack):
 def test_up_prints_the_urls(stack):
     output = stack.make("urls").stdout
     token = (stack.root / ".secrets" / "jupyter_token").read_text().strip()
-    assert f"http://127.0.0.1:{stack.ports['TRACKING_PORT']}" in output
+    assert re.search(rf"MLflow UI +http://127\.0\.0\.1:{stack.ports['TRACKING_PORT']}/#/experiments\S*"
+                     r"workflowType=machine_learning", output), output
     assert f"http://127.0.0.1:{stack.ports['JUPYTER_PORT']}/lab?token={token}" in output
     assert f"-p {stack.ports['SSH_PORT']}" in output
 
@@ -69,7 +61,7 @@ def test_ssh_with_the_generated_key_logs_in_as_non_root(stack):
 def test_ssh_config_block_works_as_printed(stack, tmp_path):
     config = tmp_path / "ssh_config"
     config.write_text(stack.make("ssh-config").stdout)
-    host = stack.env["COMPOSE_PROJECT_NAME"]
+    host = stack.project
     result = subprocess.run(["ssh", "-F", str(config), *SSH_BATCH, host, "pwd"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -137,12 +129,6 @@ def test_serve_on_a_busy_port_says_so(stack):
         result = stack.make("serve", f"SERVE_PORT={port}", check=False, timeout=300)
     assert result.returncode != 0
     assert f"port {port} on 127.0.0.1, needed by serve, is already in use" in result.stderr
-
-
-@pytest.fixture(scope="module")
-def served(stack, trained_run):
-    stack.make("serve", timeout=900)
-    return stack.url("SERVE_PORT") + "/invocations"
 
 
 def test_make_predict_prints_numeric_predictions(stack, served):

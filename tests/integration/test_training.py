@@ -1,6 +1,7 @@
 """train.py against a real tracking server over HTTP, checked through MlflowClient."""
 
 import re
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -40,6 +41,14 @@ def test_model_artifacts_have_signature_and_example_and_sit_on_the_server(traine
     assert "alcohol" in signature["inputs"] and "quality" not in signature["inputs"]
     # Proxied artifacts: the files live in the server's artifact destination.
     assert list((tracking_server.root / "artifacts").rglob("model.skops"))
+
+
+def test_the_model_requires_exactly_the_installed_versions(trained, tmp_path):
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=trained.model_uri, dst_path=str(tmp_path)))
+    requirements = (local / "requirements.txt").read_text().split()
+    expected = {f"{package}=={version(package)}" for package in
+                ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy", "cloudpickle")}
+    assert set(requirements) == expected
 
 
 def test_registered_model_loads_and_predicts_as_trained(trained):
