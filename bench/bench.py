@@ -8,6 +8,7 @@ bench/results/<time>.json. Figures only: nothing here passes or fails on a time.
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
@@ -40,7 +41,8 @@ TARGETS = {
     "serve image (MB)": ("<=", 600),
     "tracking + serve on disk / tracking alone": ("<=", 1.0),
     "idle memory, tracking + dev + serve (MiB)": ("<=", 1024),
-    f"search_runs over {SEARCH_RUNS} runs (s)": ("<=", 1.0),
+    f"search_runs over {SEARCH_RUNS} runs, top 10 by rmse (s)": ("<=", 1.0),
+    f"mlflow.search_runs of all {SEARCH_RUNS} runs (s)": ("<=", 1.0),
 }
 
 
@@ -119,6 +121,7 @@ def search_runs_seconds(tracking_url):
                          params=[Param("alpha", str(number))])
         client.set_terminated(run.info.run_id)
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # not a "View run" line per run
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(create, range(SEARCH_RUNS)))
     import mlflow
@@ -207,7 +210,8 @@ def main():
     targets["tracking + serve on disk / tracking alone"] = round(
         disk_mb(images["tracking"], images["serve"]) / figures["image_mb"]["tracking"], 2)
     targets["idle memory, tracking + dev + serve (MiB)"] = round(sum(figures["memory_mib"].values()))
-    targets[f"search_runs over {SEARCH_RUNS} runs (s)"] = seconds[f"mlflow.search_runs, all {SEARCH_RUNS} runs"]
+    targets[f"search_runs over {SEARCH_RUNS} runs, top 10 by rmse (s)"] = seconds["search_runs, top 10 by rmse"]
+    targets[f"mlflow.search_runs of all {SEARCH_RUNS} runs (s)"] = seconds[f"mlflow.search_runs, all {SEARCH_RUNS} runs"]
 
     out = ROOT / "bench" / "results" / f"{figures['when'][:19].replace(':', '')}.json"
     out.write_text(json.dumps(figures, indent=2) + "\n")
