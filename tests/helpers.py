@@ -14,6 +14,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 WORKSPACE = ROOT / "workspace"
 VENV_BIN = Path(sys.executable).parent
+# ssh options for tests: never prompt, give up quickly on an unreachable host.
+SSH_BATCH = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=20"]
 
 
 def free_port():

@@ -17,7 +17,7 @@ from helpers import ROOT, free_port
 NOT_COPIED = {".git", ".venv", ".build", ".secrets", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
 # What the test runner's environment must not hand to a stack: it would override the copy's .env,
 # or (make's own) hand the stack's make the variables of the `make test` that started the tests.
-NOT_INHERITED = ("COMPOSE_PROJECT_NAME", "APP_UID", "APP_GID", "MLRUNS_DIR", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+NOT_INHERITED = ("COMPOSE_PROJECT_NAME", "APP_UID", "APP_GID", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
 PORT_VARIABLES = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT")
 
 

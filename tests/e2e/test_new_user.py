@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import free_port
+from helpers import SSH_BATCH, free_port
 from stack import PORT_VARIABLES, Stack, base_env
 
-SSH_BATCH = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=20"]
 OTHER_USER = "devstack-e2e"
 
 

@@ -9,7 +9,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-SSH_BATCH = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=20"]
+from helpers import SSH_BATCH
 
 
 def ssh_command(stack, *options, user="mlflow"):
