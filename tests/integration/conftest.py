@@ -1,12 +1,16 @@
 """Real processes on 127.0.0.1: an MLflow tracking server (SQLite, proxied artifacts in a temp dir),
-the model trained against it by workspace/train.py, and `mlflow models serve` on that model."""
+the model trained against it by workspace/train.py, and both scoring servers on that model: the
+stack's (scoring_app.py) and stock MLflow's, started the way the serve container starts them."""
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import pytest
 
+import serve_model
 from helpers import VENV_BIN, background_process, free_port, run_python, tool_env
 
 
@@ -54,12 +58,39 @@ def trained(client_env):
 
 
 @pytest.fixture(scope="session")
-def scoring_url(trained, client_env, tmp_path_factory):
-    log_dir = tmp_path_factory.mktemp("serve")
+def model_dir(trained, tmp_path_factory):
+    """The registered model, downloaded as the serve container downloads it."""
+    return mlflow.artifacts.download_artifacts(artifact_uri=trained.model_uri,
+                                               dst_path=str(tmp_path_factory.mktemp("model")))
+
+
+@contextmanager
+def scoring_server(server, model_path, log_dir, workers=2, **settings):
+    """SERVE_SERVER=server on model_path, as serve_model.py execs it; yields (base URL, process)."""
     port = free_port()
-    command = [str(VENV_BIN / "mlflow"), "models", "serve", "--model-uri", trained.model_uri,
-               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    env = tool_env(SERVE_SERVER=server, SERVE_WORKERS=workers, **settings)
+    command, env = serve_model.server_command(str(model_path), "127.0.0.1", port, env)
     base = f"http://127.0.0.1:{port}"
-    with background_process(command, log_dir / "serve.log", f"{base}/ping", timeout=180,
-                            env=client_env, cwd=log_dir):
-        yield f"{base}/invocations"
+    with background_process(command, Path(log_dir) / f"{server}.log", f"{base}/ping", timeout=180,
+                            env=env, cwd=log_dir) as process:
+        yield base, process
+
+
+@pytest.fixture(scope="session")
+def stock_server(model_dir, tmp_path_factory):
+    """Base URL of stock MLflow scoring (SERVE_SERVER=mlflow) on the model."""
+    with scoring_server("mlflow", model_dir, tmp_path_factory.mktemp("stock")) as (base, _):
+        yield base
+
+
+@pytest.fixture(scope="session")
+def devstack_server(model_dir, tmp_path_factory):
+    """Base URL of the stack's scoring server (SERVE_SERVER=devstack, the default) on the model."""
+    with scoring_server("devstack", model_dir, tmp_path_factory.mktemp("devstack")) as (base, _):
+        yield base
+
+
+@pytest.fixture(params=["devstack", "stock"])
+def scoring_url(request):
+    """/invocations of each scoring server in turn: both must pass the same protocol tests."""
+    return request.getfixturevalue(f"{request.param}_server") + "/invocations"

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -38,16 +39,36 @@ def test_latest_resolves_to_the_highest_version(client_env, trained):
     assert serve_model.resolve("models:/wine-quality/1", client) == "models:/wine-quality/1"
 
 
-def test_serves_the_model_as_one_process_with_the_same_predictions(client_env, trained, tmp_path):
+@pytest.mark.parametrize("server", ["devstack", "mlflow"])
+def test_serves_the_model_with_its_workers_and_the_same_predictions(client_env, trained, tmp_path, server):
     port = free_port()
     command = [sys.executable, str(SERVE_MODEL), "--model-uri", trained.model_uri, "--host", "127.0.0.1",
                "--port", str(port)]
     rows, _ = features_and_target(load_wine_data().head(5))
+    env = dict(client_env, SERVE_SERVER=server, SERVE_WORKERS="2")
     with background_process(command, tmp_path / "serve.log", f"http://127.0.0.1:{port}/ping", timeout=180,
-                            env=client_env, cwd=tmp_path) as process:
-        # exec'd into the scoring server: no child process left waiting beside it
-        assert subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True).stdout == b""
+                            env=env, cwd=tmp_path) as process:
+        # exec'd into uvicorn's supervisor (no CLI left waiting), which runs the two workers
+        assert workers_of(process.pid) == 2
         body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
         predictions = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60).json()
+    assert f"with the {server} scoring server" in (tmp_path / "serve.log").read_text()
     expected = mlflow.pyfunc.load_model(trained.model_uri).predict(rows)
     assert predictions["predictions"] == pytest.approx(list(expected), abs=1e-9)
+
+
+def workers_of(pid):
+    """Child processes of pid that run uvicorn workers (multiprocessing's own helpers excluded)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    commands = [Path(f"/proc/{child}/cmdline").read_bytes() for child in children]
+    return sum(b"resource_tracker" not in c for c in commands)
+
+
+@pytest.mark.parametrize("setting,value", [("SERVE_SERVER", "mlserver"), ("SERVE_WORKERS", "0"),
+                                           ("SERVE_WORKERS", "two"), ("SERVE_MAX_REQUEST_MB", "-1"),
+                                           ("SERVE_TIMEOUT", "soon")])
+def test_a_bad_setting_is_one_line_naming_it(client_env, setting, value):
+    result = run_python(SERVE_MODEL, env=dict(client_env, **{setting: value}), timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"serve: {setting}={value}: ")
+    assert len(result.stderr.splitlines()) == 1
