@@ -11,6 +11,8 @@ from pathlib import Path
 
 import requests
 
+import serve_model
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKSPACE = ROOT / "workspace"
 VENV_BIN = Path(sys.executable).parent
@@ -85,3 +87,15 @@ def run_python(script, *args, env=None, cwd=WORKSPACE, timeout=600):
     """Run a workspace script with the test venv's Python; return the CompletedProcess."""
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=cwd, env=env or tool_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+@contextmanager
+def scoring_server(server, model_path, log_dir, workers=2, **settings):
+    """SERVE_SERVER=server on model_path, as serve_model.py execs it; yields (base URL, process)."""
+    port = free_port()
+    env = tool_env(SERVE_SERVER=server, SERVE_WORKERS=workers, **settings)
+    command, env = serve_model.server_command(str(model_path), "127.0.0.1", port, env)
+    base = f"http://127.0.0.1:{port}"
+    with background_process(command, Path(log_dir) / f"{server}.log", f"{base}/ping", timeout=180,
+                            env=env, cwd=log_dir) as process:
+        yield base, process

@@ -250,8 +250,10 @@ class Scorer:
                 logger.warning("scoring failed: %s\n%s", answer.get("message"), trace)
             return Response(orjson.dumps(answer), e.get_http_status_code(), media_type=JSON)
         except Exception:
-            logger.exception("unexpected error while scoring")
-            return error(500, "INTERNAL_ERROR", "The model server failed on this request; see its log.")
+            # MLflow's parsing failed on something it did not expect: the request's data.
+            logger.exception("MLflow could not read a request")
+            return error(400, "BAD_REQUEST", "This request does not follow MLflow's scoring protocol "
+                         "(https://mlflow.org/docs/latest/deployment/deploy-model-locally/).")
 
     def respond(self, body, content_type):
         return self.fast_response(body, content_type) or self.stock_response(body, content_type)

@@ -3,15 +3,13 @@ the model trained against it by workspace/train.py, and both scoring servers on 
 stack's (scoring_app.py) and stock MLflow's, started the way the serve container starts them."""
 
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pytest
 
-import serve_model
-from helpers import VENV_BIN, background_process, free_port, run_python, tool_env
+from helpers import VENV_BIN, background_process, free_port, run_python, scoring_server, tool_env
 
 
 @dataclass
@@ -62,18 +60,6 @@ def model_dir(trained, tmp_path_factory):
     """The registered model, downloaded as the serve container downloads it."""
     return mlflow.artifacts.download_artifacts(artifact_uri=trained.model_uri,
                                                dst_path=str(tmp_path_factory.mktemp("model")))
-
-
-@contextmanager
-def scoring_server(server, model_path, log_dir, workers=2, **settings):
-    """SERVE_SERVER=server on model_path, as serve_model.py execs it; yields (base URL, process)."""
-    port = free_port()
-    env = tool_env(SERVE_SERVER=server, SERVE_WORKERS=workers, **settings)
-    command, env = serve_model.server_command(str(model_path), "127.0.0.1", port, env)
-    base = f"http://127.0.0.1:{port}"
-    with background_process(command, Path(log_dir) / f"{server}.log", f"{base}/ping", timeout=180,
-                            env=env, cwd=log_dir) as process:
-        yield base, process
 
 
 @pytest.fixture(scope="session")
