@@ -2,8 +2,9 @@
 stack (own folder, project, ports and ./mlruns), each figure printed beside its target. Writes
 bench/results/<time>.json. Figures only: nothing here passes or fails on a time.
 
-    make bench                        # everything, a cold build of all images included (~10 min)
+    make bench                        # everything, a cold build of all images included (~15 min)
     make bench BENCH_ARGS=--no-cold-build
+    make bench BENCH_ARGS=--serving-only  # the scoring servers side by side (~5 min)
 """
 
 import argparse
@@ -27,11 +28,16 @@ from mlflow.tracking import MlflowClient
 
 for folder in ("tests", "workspace"):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / folder))
-from helpers import ROOT  # noqa: E402
+from helpers import ROOT, wrk  # noqa: E402
 from stack import Stack, docker_problem  # noqa: E402
 from wine_data import features_and_target, load_wine_data  # noqa: E402
 
 REQUESTS_PER_SIZE = 200
+CORES = len(os.sched_getaffinity(0))
+# The scoring servers side by side, as `make serve` runs them: (label, SERVE_SERVER, SERVE_WORKERS).
+SCORING_SERVERS = [("stock, 1 worker", "mlflow", 1), (f"stock, {CORES} workers", "mlflow", CORES),
+                   (f"devstack, {CORES} workers", "devstack", CORES)]
+LOAD_SECONDS = 10
 SEARCH_RUNS = 10_000
 # What the stack-speed issue asks for; printed beside each figure.
 TARGETS = {
@@ -71,6 +77,63 @@ def scoring_latency(url, rows, count):
             "p50_ms": round(statistics.median(durations), 1),
             "p95_ms": round(durations[int(0.95 * count) - 1], 1),
             "rows_per_s": round(len(rows) * count / (sum(durations) / 1000))}
+
+
+def container_cpu_ns(container):
+    """CPU time the container has used so far (cgroup v1 or v2), in ns."""
+    return int(subprocess.run(
+        ["docker", "exec", container, "sh", "-c",
+         "if [ -r /sys/fs/cgroup/cpuacct/cpuacct.usage ]; then cat /sys/fs/cgroup/cpuacct/cpuacct.usage; "
+         "else echo $(( $(sed -n 's/^usage_usec //p' /sys/fs/cgroup/cpu.stat) * 1000 )); fi"],
+        capture_output=True, text=True, check=True).stdout)
+
+
+def container_rss_mib(container):
+    """Resident memory of every process in the container, in MiB."""
+    out = subprocess.run(["docker", "exec", container, "sh", "-c", "cat /proc/[0-9]*/status"],
+                         capture_output=True, text=True).stdout
+    return round(sum(int(line.split()[1]) for line in out.splitlines() if line.startswith("VmRSS:")) / 1024, 1)
+
+
+def scoring_side_by_side(stack, inputs):
+    """req/s, p50, p99, CPU per request and RSS of each scoring server, for 1 and 100 rows per
+    request at 4 and 32 connections; wrk on loopback, LOAD_SECONDS each after a 2 s warm-up."""
+    url = stack.url("SERVE_PORT") + "/invocations"
+    results = []
+    for label, server, workers in SCORING_SERVERS:
+        stack.make("serve", f"SERVE_SERVER={server}", f"SERVE_WORKERS={workers}")
+        container = stack.container_of("serve")
+        for rows in (1, 100):
+            body = json.dumps({"dataframe_split": json.loads(inputs.head(rows).to_json(orient="split", index=False))})
+            for connections in (4, 32):
+                wrk(url, body, 2, connections)
+                cpu_before = container_cpu_ns(container)
+                load = wrk(url, body, LOAD_SECONDS, connections)
+                cpu_ms = (container_cpu_ns(container) - cpu_before) / 1e6
+                results.append({"server": label, "rows": rows, "connections": connections,
+                                "requests_per_s": load["requests_per_s"], "p50_ms": load["p50_ms"],
+                                "p99_ms": load["p99_ms"], "errors": load["errors"],
+                                "cpu_ms_per_request": round(cpu_ms / max(load["requests"], 1), 3),
+                                "rss_mib": container_rss_mib(container)})
+                print(results[-1], flush=True)
+    stack.make("serve")  # back to the default server
+    return results
+
+
+def print_scoring_table(results):
+    ours = SCORING_SERVERS[-1][0]
+    same_workers = SCORING_SERVERS[-2][0]
+    print(f"\n{'server':<22} {'rows':>4} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'CPU ms/req':>10} {'RSS MiB':>8} {'vs stock, same workers':>23}")
+    by_key = {(r["server"], r["rows"], r["connections"]): r for r in results}
+    for r in results:
+        ratio = ""
+        if r["server"] == ours:
+            stock = by_key[(same_workers, r["rows"], r["connections"])]
+            ratio = f"{r['requests_per_s'] / stock['requests_per_s']:.1f}x req/s"
+        print(f"{r['server']:<22} {r['rows']:>4} {r['connections']:>5} {r['requests_per_s']:>9.0f} "
+              f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['cpu_ms_per_request']:>10.3f} {r['rss_mib']:>8.0f} "
+              f"{ratio:>23}")
 
 
 def containers_by_service(stack):
@@ -163,6 +226,7 @@ def print_table(figures):
 def main():
     parser = argparse.ArgumentParser(prog="bench.py")
     parser.add_argument("--no-cold-build", action="store_true", help="skip the no-cache build (~8 min here)")
+    parser.add_argument("--serving-only", action="store_true", help="only the scoring servers side by side")
     args = parser.parse_args()
     problem = docker_problem()
     if problem:
@@ -174,6 +238,11 @@ def main():
     with tempfile.TemporaryDirectory() as parent:
         stack = Stack.copy_of_project(parent)
         try:
+            if args.serving_only:
+                stack.make("up")
+                stack.make("train")
+                figures["scoring_side_by_side"] = scoring_side_by_side(stack, features_and_target(load_wine_data())[0])
+                return finish(figures, serving_only=True)
             seconds["build, images up to date"] = timed(lambda: stack.make("build"))
             seconds["make up, to healthy"] = timed(lambda: stack.make("up"))
             seconds["make train (median of 3)"] = median_of(3, lambda: stack.make("train"))
@@ -183,6 +252,7 @@ def main():
             inputs, _ = features_and_target(load_wine_data())
             url = stack.url("SERVE_PORT") + "/invocations"
             figures["scoring"] = [scoring_latency(url, inputs.head(size), REQUESTS_PER_SIZE) for size in (1, 100, 1000)]
+            figures["scoring_side_by_side"] = scoring_side_by_side(stack, inputs)
             containers = containers_by_service(stack)
             figures["memory_mib"] = {service: memory_mib(c) for service, (c, _) in containers.items()}
             images = {service: image for service, (_, image) in containers.items()}
@@ -213,9 +283,15 @@ def main():
     targets[f"search_runs over {SEARCH_RUNS} runs, top 10 by rmse (s)"] = seconds["search_runs, top 10 by rmse"]
     targets[f"mlflow.search_runs of all {SEARCH_RUNS} runs (s)"] = seconds[f"mlflow.search_runs, all {SEARCH_RUNS} runs"]
 
+    finish(figures)
+
+
+def finish(figures, serving_only=False):
     out = ROOT / "bench" / "results" / f"{figures['when'][:19].replace(':', '')}.json"
     out.write_text(json.dumps(figures, indent=2) + "\n")
-    print_table(figures)
+    if not serving_only:
+        print_table(figures)
+    print_scoring_table(figures["scoring_side_by_side"])
     print(f"written to {out.relative_to(ROOT)}")
 
 

@@ -1,17 +1,18 @@
 """Shared test plumbing: free ports, readiness by polling, processes that are always cleaned up."""
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import requests
-
-import serve_model
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKSPACE = ROOT / "workspace"
@@ -92,6 +93,7 @@ def run_python(script, *args, env=None, cwd=WORKSPACE, timeout=600):
 @contextmanager
 def scoring_server(server, model_path, log_dir, workers=2, **settings):
     """SERVE_SERVER=server on model_path, as serve_model.py execs it; yields (base URL, process)."""
+    import serve_model  # images/serve, on the tests' path (pytest.ini), not on bench's
     port = free_port()
     env = tool_env(SERVE_SERVER=server, SERVE_WORKERS=workers, **settings)
     command, env = serve_model.server_command(str(model_path), "127.0.0.1", port, env)
@@ -99,3 +101,45 @@ def scoring_server(server, model_path, log_dir, workers=2, **settings):
     with background_process(command, Path(log_dir) / f"{server}.log", f"{base}/ping", timeout=180,
                             env=env, cwd=log_dir) as process:
         yield base, process
+
+
+def wrk(url, body, seconds, connections, threads=2):
+    """POST body (JSON) to url with wrk for `seconds`; returns its figures: requests, errors (non-2xx
+    answers and socket errors), requests_per_s and the p50/p99 latency in ms."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                     f"wrk.body = {json.dumps(body)}\n")
+        script.flush()
+        result = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+                                 "-s", script.name, url], capture_output=True, text=True, timeout=seconds + 60)
+    if result.returncode != 0:
+        raise RuntimeError(f"wrk failed: {result.stderr or result.stdout}")
+    report = result.stdout
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", report)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", report)
+    return {"requests": int(re.search(r"(\d+) requests in", report).group(1)),
+            "errors": (sum(map(int, socket_errors.groups())) if socket_errors else 0)
+                      + (int(non_2xx.group(1)) if non_2xx else 0),
+            "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", report).group(1)),
+            "p50_ms": _ms(re.search(r"^\s+50%\s+(\S+)$", report, re.M).group(1)),
+            "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)$", report, re.M).group(1)),
+            "report": report}
+
+
+def _ms(value):
+    """wrk's latency (e.g. 812.00us, 1.24ms, 2.01s) in ms."""
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value).groups()
+    return float(number) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60_000}[unit]
+
+
+def worker_pids(supervisor_pid):
+    """pids of the uvicorn workers under a supervisor (multiprocessing's resource tracker excluded)."""
+    children = subprocess.run(["pgrep", "-P", str(supervisor_pid)], capture_output=True, text=True).stdout
+    found = []
+    for pid in children.split():
+        try:
+            if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except FileNotFoundError:  # exited meanwhile
+            pass
+    return sorted(found)

@@ -9,7 +9,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from helpers import SSH_BATCH
+from helpers import ROOT, SSH_BATCH
 
 
 def ssh_command(stack, *options, user="mlflow"):
@@ -138,16 +138,51 @@ def test_make_predict_prints_numeric_predictions(stack, served):
     assert all(3 < value < 8 for value in values)
 
 
-def test_plain_curl_of_invocations(stack, served):
-    body = {"dataframe_split": {"columns": ["fixed acidity", "volatile acidity", "citric acid", "residual sugar",
-                                           "chlorides", "free sulfur dioxide", "total sulfur dioxide", "density",
-                                           "pH", "sulphates", "alcohol"],
-                                "data": [[7.4, 0.7, 0, 1.9, 0.076, 11, 34, 0.9978, 3.51, 0.56, 9.4]]}}
-    result = subprocess.run(["curl", "-sS", "--fail", served, "-H", "Content-Type: application/json",
-                             "-d", json.dumps(body)], capture_output=True, text=True, timeout=60)
+# The curl of the tutorial this stack is built from, as it was written (MLflow 1.x's body).
+TUTORIAL_CURL = (
+    """curl -X POST -H "Content-Type:application/json; format=pandas-split" --data '{"columns":["alcohol", """
+    """"chlorides", "citric acid", "density", "fixed acidity", "free sulfur dioxide", "pH", "residual sugar", """
+    """"sulphates", "total sulfur dioxide", "volatile acidity"],"data":[[12.8, 0.029, 0.48, 0.98, 6.2, 29, 3.33, """
+    """1.2, 0.39, 75, 0.66]]}' http://127.0.0.1:1234/invocations""")
+
+
+def readme_curl():
+    """The curl command of the README's tutorial section, as a shell command."""
+    readme = (ROOT / "README.md").read_text()
+    return re.search(r"^(curl -s http://127\.0\.0\.1:5001/invocations .*?\}\}')$", readme, re.M | re.S).group(1)
+
+
+@pytest.mark.parametrize("command", [TUTORIAL_CURL, readme_curl()], ids=["tutorial's curl", "README's curl"])
+def test_curl_of_invocations_as_documented(stack, served, command):
+    base = served.removesuffix("/invocations")
+    command = command.replace("http://127.0.0.1:1234", base).replace("http://127.0.0.1:5001", base)
+    result = subprocess.run(["bash", "-c", command + " --fail -sS"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     [prediction] = json.loads(result.stdout)["predictions"]
     assert 3 < prediction < 8
+
+
+def test_serve_runs_the_stacks_scoring_server_on_the_fast_path(stack, served):
+    logs = subprocess.run(["docker", "logs", stack.container_of("serve")], capture_output=True, text=True)
+    assert "with the devstack scoring server" in logs.stdout + logs.stderr
+    assert "fast path, one matrix" in logs.stdout + logs.stderr
+
+
+def test_a_foreign_host_header_is_refused(stack, served):
+    body = {"dataframe_split": {"columns": ["pH"], "data": [[3.0]]}}
+    response = requests.post(served, json=body, headers={"Host": "attacker.example"}, timeout=30)
+    assert response.status_code == 403
+    assert "SERVE_ALLOWED_HOSTS" in response.json()["message"]
+
+
+def test_stock_mlflow_scoring_is_one_setting_away(stack, trained_run):
+    try:
+        stack.make("serve", "SERVE_SERVER=mlflow", timeout=900)
+        logs = subprocess.run(["docker", "logs", stack.container_of("serve")], capture_output=True, text=True)
+        assert "with the mlflow scoring server" in logs.stdout + logs.stderr
+        test_make_predict_prints_numeric_predictions(stack, None)
+    finally:
+        stack.make("serve", timeout=900)
 
 
 def test_every_container_runs_as_non_root(stack, served):

@@ -5,7 +5,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,7 +14,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import scoring_server
+from helpers import scoring_server, worker_pids, wrk
 from wine_data import features_and_target, load_wine_data
 
 INPUTS, _ = features_and_target(load_wine_data().head(3))
@@ -97,53 +96,34 @@ def server(model_dir, tmp_path_factory):
         yield base, process
 
 
-def workers(supervisor):
-    """pids of the uvicorn workers under the supervisor (multiprocessing's helper excluded)."""
-    children = subprocess.run(["pgrep", "-P", str(supervisor.pid)], capture_output=True, text=True).stdout
-    return sorted(int(pid) for pid in children.split()
-                  if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes())
-
-
 def rss_kib(pids):
     return sum(int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
                for pid in pids)
 
 
-def wrk(base, seconds, connections, tmp_path):
-    script = tmp_path / "post.lua"
-    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = {json.dumps(ONE_ROW)}\n")
-    result = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script),
-                             f"{base}/invocations"], capture_output=True, text=True, timeout=seconds + 60)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def test_60_s_at_50_connections_without_an_error_or_growing_memory(server, tmp_path):
+def test_60_s_at_50_connections_without_an_error_or_growing_memory(server):
     base, supervisor = server
-    wrk(base, 10, 50, tmp_path)  # warm-up
-    after_warm_up = rss_kib(workers(supervisor))
-    report = wrk(base, 60, 50, tmp_path)
-    after_load = rss_kib(workers(supervisor))
-    requests_done = int(re.search(r"(\d+) requests in", report).group(1))
-    assert requests_done > 1000, report
-    assert "Non-2xx" not in report and "Socket errors" not in report, report
+    wrk(f"{base}/invocations", ONE_ROW, 10, 50)  # warm-up
+    after_warm_up = rss_kib(worker_pids(supervisor.pid))
+    load = wrk(f"{base}/invocations", ONE_ROW, 60, 50)
+    after_load = rss_kib(worker_pids(supervisor.pid))
+    assert load["requests"] > 1000 and load["errors"] == 0, load["report"]
     assert after_load <= after_warm_up * 1.2, (after_warm_up, after_load)
 
 
 def test_a_killed_worker_is_replaced_and_requests_keep_being_answered(server):
     base, supervisor = server
-    before = workers(supervisor)
+    before = worker_pids(supervisor.pid)
     assert len(before) == 2
     os.kill(before[0], signal.SIGKILL)
     answered, deadline = 0, time.monotonic() + 60
     while time.monotonic() < deadline:
         assert post(base, "application/json", ONE_ROW).status_code == 200
         answered += 1
-        now = workers(supervisor)
+        now = worker_pids(supervisor.pid)
         if len(now) == 2 and before[0] not in now:
             break
     else:
-        pytest.fail(f"no new worker within 60 s: {workers(supervisor)}")
+        pytest.fail(f"no new worker within 60 s: {worker_pids(supervisor.pid)}")
     assert answered > 0
     assert post(base, "application/json", ONE_ROW).status_code == 200

@@ -1,9 +1,7 @@
 """images/serve/serve_model.py, the serve container's entry point, on the host."""
 
 import json
-import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -11,7 +9,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 import serve_model
-from helpers import ROOT, background_process, free_port, run_python
+from helpers import ROOT, background_process, free_port, run_python, worker_pids
 from wine_data import features_and_target, load_wine_data
 
 SERVE_MODEL = ROOT / "images" / "serve" / "serve_model.py"
@@ -49,19 +47,12 @@ def test_serves_the_model_with_its_workers_and_the_same_predictions(client_env, 
     with background_process(command, tmp_path / "serve.log", f"http://127.0.0.1:{port}/ping", timeout=180,
                             env=env, cwd=tmp_path) as process:
         # exec'd into uvicorn's supervisor (no CLI left waiting), which runs the two workers
-        assert workers_of(process.pid) == 2
+        assert len(worker_pids(process.pid)) == 2
         body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
         predictions = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60).json()
     assert f"with the {server} scoring server" in (tmp_path / "serve.log").read_text()
     expected = mlflow.pyfunc.load_model(trained.model_uri).predict(rows)
     assert predictions["predictions"] == pytest.approx(list(expected), abs=1e-9)
-
-
-def workers_of(pid):
-    """Child processes of pid that run uvicorn workers (multiprocessing's own helpers excluded)."""
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    commands = [Path(f"/proc/{child}/cmdline").read_bytes() for child in children]
-    return sum(b"resource_tracker" not in c for c in commands)
 
 
 @pytest.mark.parametrize("setting,value", [("SERVE_SERVER", "mlserver"), ("SERVE_WORKERS", "0"),
