@@ -97,20 +97,26 @@ def container_rss_mib(container):
 
 def scoring_side_by_side(stack, inputs):
     """req/s, p50, p99, CPU per request and RSS of each scoring server, for 1 and 100 rows per
-    request at 4 and 32 connections; wrk on loopback, LOAD_SECONDS each after a 2 s warm-up."""
-    url = stack.url("SERVE_PORT") + "/invocations"
+    request at 4 and 32 connections, through the published port (Docker's userland proxy) and, at 4
+    connections, to the container's own address; wrk on this machine, LOAD_SECONDS each after a 2 s
+    warm-up."""
+    published = stack.url("SERVE_PORT") + "/invocations"
     results = []
     for label, server, workers in SCORING_SERVERS:
         stack.make("serve", f"SERVE_SERVER={server}", f"SERVE_WORKERS={workers}")
         container = stack.container_of("serve")
+        address = subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                                  container], capture_output=True, text=True, check=True).stdout.split()[0]
+        direct = f"http://{address}:8080/invocations"
         for rows in (1, 100):
             body = json.dumps({"dataframe_split": json.loads(inputs.head(rows).to_json(orient="split", index=False))})
-            for connections in (4, 32):
-                wrk(url, body, 2, connections)
+            for path, url, connections in (("published port", published, 4), ("published port", published, 32),
+                                           ("container address", direct, 4)):
+                wrk(url, body, 2, connections, host="localhost")
                 cpu_before = container_cpu_ns(container)
-                load = wrk(url, body, LOAD_SECONDS, connections)
+                load = wrk(url, body, LOAD_SECONDS, connections, host="localhost")
                 cpu_ms = (container_cpu_ns(container) - cpu_before) / 1e6
-                results.append({"server": label, "rows": rows, "connections": connections,
+                results.append({"server": label, "path": path, "rows": rows, "connections": connections,
                                 "requests_per_s": load["requests_per_s"], "p50_ms": load["p50_ms"],
                                 "p99_ms": load["p99_ms"], "errors": load["errors"],
                                 "cpu_ms_per_request": round(cpu_ms / max(load["requests"], 1), 3),
@@ -121,19 +127,18 @@ def scoring_side_by_side(stack, inputs):
 
 
 def print_scoring_table(results):
-    ours = SCORING_SERVERS[-1][0]
-    same_workers = SCORING_SERVERS[-2][0]
-    print(f"\n{'server':<22} {'rows':>4} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'CPU ms/req':>10} {'RSS MiB':>8} {'vs stock, same workers':>23}")
-    by_key = {(r["server"], r["rows"], r["connections"]): r for r in results}
+    ours, stock = SCORING_SERVERS[-1][0], SCORING_SERVERS[-2][0]
+    print(f"\n{'server':<20} {'path':<17} {'rows':>4} {'conns':>5} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'CPU ms/req':>10} {'RSS MiB':>7}  vs stock, same workers")
+    by_key = {(r["server"], r["path"], r["rows"], r["connections"]): r for r in results}
     for r in results:
         ratio = ""
         if r["server"] == ours:
-            stock = by_key[(same_workers, r["rows"], r["connections"])]
-            ratio = f"{r['requests_per_s'] / stock['requests_per_s']:.1f}x req/s"
-        print(f"{r['server']:<22} {r['rows']:>4} {r['connections']:>5} {r['requests_per_s']:>9.0f} "
-              f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['cpu_ms_per_request']:>10.3f} {r['rss_mib']:>8.0f} "
-              f"{ratio:>23}")
+            baseline = by_key[(stock, r["path"], r["rows"], r["connections"])]
+            ratio = (f"{r['requests_per_s'] / baseline['requests_per_s']:.1f}x req/s, "
+                     f"{baseline['cpu_ms_per_request'] / r['cpu_ms_per_request']:.0f}x less CPU")
+        print(f"{r['server']:<20} {r['path']:<17} {r['rows']:>4} {r['connections']:>5} {r['requests_per_s']:>7.0f} "
+              f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['cpu_ms_per_request']:>10.3f} {r['rss_mib']:>7.0f}  {ratio}")
 
 
 def containers_by_service(stack):

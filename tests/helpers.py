@@ -103,15 +103,16 @@ def scoring_server(server, model_path, log_dir, workers=2, **settings):
         yield base, process
 
 
-def wrk(url, body, seconds, connections, threads=2):
-    """POST body (JSON) to url with wrk for `seconds`; returns its figures: requests, errors (non-2xx
-    answers and socket errors), requests_per_s and the p50/p99 latency in ms."""
+def wrk(url, body, seconds, connections, threads=2, host=None):
+    """POST body (JSON) to url with wrk for `seconds` (with this Host header, if given); returns its
+    figures: requests, errors (non-2xx answers and socket errors), requests_per_s, p50/p99 in ms."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                      f"wrk.body = {json.dumps(body)}\n")
         script.flush()
         result = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
-                                 "-s", script.name, url], capture_output=True, text=True, timeout=seconds + 60)
+                                 *(["-H", f"Host: {host}"] if host else []), "-s", script.name, url],
+                                capture_output=True, text=True, timeout=seconds + 60)
     if result.returncode != 0:
         raise RuntimeError(f"wrk failed: {result.stderr or result.stdout}")
     report = result.stdout
