@@ -45,6 +45,9 @@ UI_URL = $$(tools/ui-url http://$(HOST_ADDRESS):$(TRACKING_PORT))
 ALPHA ?= 0.5
 L1 ?= 0.5
 MODEL ?= $(MODEL_URI)
+ALIAS ?= champion
+VERSION ?=
+IMAGE ?=
 
 VENV := .venv
 PYTHON := $(VENV)/bin/python
@@ -131,12 +134,21 @@ train: ## Train and register the model in the dev container: make train ALPHA=0.
 	@echo "Compare the runs: $(UI_URL)"
 
 .PHONY: serve
-serve: ## Serve a model (default: latest wine-quality): make serve [MODEL=models:/wine-quality/2]
+serve: ## Serve a model (default: wine-quality's @champion, else its latest): make serve [MODEL=models:/wine-quality/2]
 	@tools/container-of tracking >/dev/null
 	@tools/check-ports serve:$(SERVE_PORT):SERVE_PORT
 	MODEL_URI='$(MODEL)' $(COMPOSE) --profile serve up -d --no-deps --force-recreate serve
 	@tools/wait-healthy 300 serve
+	@docker logs "$$(tools/container-of serve)" 2>&1 | grep -m1 '^serve: serving' || true
 	@echo "Scoring at http://$(HOST_ADDRESS):$(SERVE_PORT)/invocations: try 'make predict'"
+
+.PHONY: promote
+promote: ## Point @champion at the wine-quality version with the lowest rmse: make promote [VERSION=3] [ALIAS=champion]
+	$(call in_dev,python promote.py --alias '$(ALIAS)' $(if $(VERSION),--version '$(VERSION)'))
+
+.PHONY: package
+package: ## Build a self-contained model server image: make package [MODEL=models:/wine-quality/3] [IMAGE=name:tag]
+	@tools/package-model '$(MODEL)' '$(IMAGE)' '$(IMAGE_PREFIX)/serve:$(IMAGE_TAG)'
 
 .PHONY: predict
 predict: ## Score the first rows of the data set with the served model

@@ -22,18 +22,32 @@ from mlflow.pyfunc.scoring_server import get_cmd
 from mlflow.tracking import MlflowClient
 
 
+CHAMPION = "champion"
+
+
 def resolve(model_uri, client):
-    """models:/NAME/latest becomes models:/NAME/<highest version>; other URIs pass through."""
+    """The registered version a models:/ URI means now, as (models:/NAME/<version>, how it was
+    picked): models:/NAME is @champion if that alias is set, else the highest version;
+    models:/NAME/latest the highest version; models:/NAME@ALIAS that alias. Other URIs pass through."""
     prefix = "models:/"
     if not model_uri.startswith(prefix):
-        return model_uri
-    name, _, version = model_uri[len(prefix):].partition("/")
-    if version != "latest":
-        return model_uri
+        return model_uri, "as given"
+    name, slash, version = model_uri[len(prefix):].partition("/")
+    name, at, alias = name.partition("@")
+    if at:
+        found = client.get_model_version_by_alias(name, alias)  # MlflowException if unset
+        return f"{prefix}{name}/{found.version}", f"@{alias}"
+    if slash and version != "latest":
+        return model_uri, "as given"
     versions = client.search_model_versions(f"name = '{name}'")
     if not versions:
         raise LookupError(f"no registered model named '{name}' yet")
-    return f"{prefix}{name}/{max(int(v.version) for v in versions)}"
+    if not slash:
+        try:
+            return f"{prefix}{name}/{client.get_model_version_by_alias(name, CHAMPION).version}", f"@{CHAMPION}"
+        except MlflowException:
+            pass  # not promoted yet
+    return f"{prefix}{name}/{max(int(v.version) for v in versions)}", "the latest version"
 
 
 SERVERS = ("devstack", "mlflow")
@@ -71,30 +85,43 @@ def server_command(model_path, host, port, environ):
             "--loop", "uvloop", "--http", "httptools", "--no-access-log"], env
 
 
+def fetch(model_uri, destination):
+    """Resolve and download model_uri through the tracking server; returns (local path, what was
+    picked), or exits with one line saying why not."""
+    tracking_uri = mlflow.get_tracking_uri()
+    try:
+        resolved, picked = resolve(model_uri, MlflowClient())
+        local_path = mlflow.artifacts.download_artifacts(artifact_uri=resolved, dst_path=destination)
+    except (LookupError, MlflowException) as error:
+        reason = error.message if isinstance(error, MlflowException) else str(error)
+        sys.exit(f"serve: cannot load {model_uri} from {tracking_uri}: {reason.splitlines()[0]}\n"
+                 "serve: train and register a model first ('make train'), or pick another: "
+                 "MODEL=models:/<name>/<version>")
+    return local_path, f"{resolved} ({picked})"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="serve_model.py", description=__doc__)
-    parser.add_argument("--model-uri", default=os.environ.get("MODEL_URI", "models:/wine-quality/latest"))
+    parser.add_argument("--model-uri", default=os.environ.get("MODEL_URI", "models:/wine-quality"))
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", default="8080")
+    parser.add_argument("--download-to", metavar="DIR",
+                        help="only download the model into DIR and print what was picked (make package)")
     args = parser.parse_args(argv)
     errors = settings_errors(os.environ)
     if errors:
         print("\n".join(f"serve: {e}" for e in errors), file=sys.stderr)
         return 2
-    tracking_uri = mlflow.get_tracking_uri()
-    try:
-        model_uri = resolve(args.model_uri, MlflowClient())
-        local_path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
-                                                         dst_path=tempfile.mkdtemp(prefix="model-"))
-    except (LookupError, MlflowException) as error:
-        reason = error.message if isinstance(error, MlflowException) else str(error)
-        print(f"serve: cannot load {args.model_uri} from {tracking_uri}: {reason.splitlines()[0]}\n"
-              "serve: train and register a model first ('make train'), or pick another: "
-              "make serve MODEL=models:/<name>/<version>", file=sys.stderr)
-        return 1
+    if args.download_to:
+        _, picked = fetch(args.model_uri, args.download_to)
+        print(picked)
+        return 0
+    if os.environ.get("MODEL_PATH"):  # a packaged image: the model is baked in, no tracking server
+        local_path, picked = os.environ["MODEL_PATH"], os.environ.get("PACKAGED_MODEL_URI", "baked in")
+    else:
+        local_path, picked = fetch(args.model_uri, tempfile.mkdtemp(prefix="model-"))
     server = os.environ.get("SERVE_SERVER") or "devstack"
-    print(f"serve: serving {model_uri} (asked for {args.model_uri}) on port {args.port} "
-          f"with the {server} scoring server", flush=True)
+    print(f"serve: serving {picked} on port {args.port} with the {server} scoring server", flush=True)
     command, env = server_command(local_path, args.host, args.port, os.environ)
     os.execve(command[0], command, env)
 

@@ -6,9 +6,7 @@ import sys
 import mlflow
 import pytest
 import requests
-from mlflow.tracking import MlflowClient
 
-import serve_model
 from helpers import ROOT, background_process, free_port, run_python, worker_pids
 from wine_data import features_and_target, load_wine_data
 
@@ -28,13 +26,6 @@ def test_missing_version_is_one_clear_message(client_env, trained):
     assert result.returncode == 1
     assert "cannot load models:/wine-quality/999" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_latest_resolves_to_the_highest_version(client_env, trained):
-    client = MlflowClient(client_env["MLFLOW_TRACKING_URI"])
-    highest = max(int(v.version) for v in client.search_model_versions("name = 'wine-quality'"))
-    assert serve_model.resolve("models:/wine-quality/latest", client) == f"models:/wine-quality/{highest}"
-    assert serve_model.resolve("models:/wine-quality/1", client) == "models:/wine-quality/1"
 
 
 @pytest.mark.parametrize("server", ["devstack", "mlflow"])
