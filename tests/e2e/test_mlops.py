@@ -1,0 +1,104 @@
+"""The MLOps loop through make: promote the best version, serve it, package it as an image that runs
+on its own."""
+
+import json
+import re
+import subprocess
+import time
+import uuid
+
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from helpers import background_process, free_port
+from wine_data import features_and_target, load_wine_data
+
+ROWS, _ = features_and_target(load_wine_data().head(5))
+BODY = {"dataframe_split": json.loads(ROWS.to_json(orient="split", index=False))}
+
+
+@pytest.fixture(scope="module")
+def two_versions(stack, trained_run):
+    """A second, better version beside the trained one; {version: rmse}."""
+    stack.make("train", "ALPHA=0.0001", "L1=0.5", timeout=600)
+    client = MlflowClient(stack.url("TRACKING_PORT"))
+    return {v.version: client.get_run(v.run_id).data.metrics["rmse"]
+            for v in client.search_model_versions("name = 'wine-quality'")}
+
+
+def test_promote_moves_champion_to_the_lowest_rmse_and_serve_serves_it(stack, two_versions):
+    best = min(two_versions, key=lambda v: (two_versions[v], -int(v)))
+    output = stack.make("promote", timeout=300).stdout
+    assert f"@champion: wine-quality version {best} (rmse {two_versions[best]:.4f})" in output
+    client = MlflowClient(stack.url("TRACKING_PORT"))
+    assert client.get_model_version_by_alias("wine-quality", "champion").version == best
+    served = stack.make("serve", timeout=900).stdout
+    assert f"serving models:/wine-quality/{best} (@champion)" in served
+
+
+def test_promote_of_a_missing_version_is_one_line(stack, two_versions):
+    result = stack.make("promote", "VERSION=999", check=False, timeout=300)
+    assert result.returncode != 0
+    assert "promote.py: error: 'wine-quality' has no version 999" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def package(stack, two_versions):
+    image = f"devstack-e2e-model-{uuid.uuid4().hex[:8]}:1"
+    output = stack.make("package", "MODEL=models:/wine-quality/1", f"IMAGE={image}", timeout=900).stdout
+    assert f"Built {image}: models:/wine-quality/1 (as given)" in output
+    yield image
+    subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+
+
+def test_the_package_runs_alone_as_non_root_with_the_served_predictions(stack, package):
+    stack.make("serve", "MODEL=models:/wine-quality/1", timeout=900)
+    served = requests.post(stack.url("SERVE_PORT") + "/invocations", json=BODY, timeout=60).json()
+    stack.make("down", timeout=300)
+    try:
+        port = free_port()
+        name = f"devstack-e2e-package-{uuid.uuid4().hex[:8]}"
+        command = ["docker", "run", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080", package]
+        with background_process(command, stack.root / "package.log", f"http://127.0.0.1:{port}/ping", timeout=300):
+            packaged = requests.post(f"http://127.0.0.1:{port}/invocations", json=BODY, timeout=60).json()
+            uid = subprocess.run(["docker", "exec", name, "id", "-u"], capture_output=True, text=True).stdout
+            health = wait_for_health(name)
+    finally:
+        stack.make("up", timeout=1800)
+    assert packaged["predictions"] == pytest.approx(served["predictions"], rel=1e-9, abs=1e-9)
+    assert int(uid) != 0
+    assert health == "healthy"
+
+
+def wait_for_health(container):
+    """The container's Docker health status once it leaves 'starting' (its healthcheck runs every 5 s)."""
+    command = ["docker", "inspect", "-f", "{{.State.Health.Status}}", container]
+    status = "starting"
+    for _ in range(60):
+        status = subprocess.run(command, capture_output=True, text=True).stdout.strip()
+        if status != "starting":
+            break
+        time.sleep(1)
+    return status
+
+
+def images_named(prefix):
+    listing = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"],
+                             capture_output=True, text=True, check=True).stdout
+    return [line for line in listing.splitlines() if line.startswith(prefix)]
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["IMAGE=Not A Name"], "IMAGE=Not A Name is not a name Docker accepts"),
+    (["MODEL=models:/no-such-model/1", "IMAGE=devstack-e2e-missing:1"], "cannot load models:/no-such-model/1"),
+])
+def test_package_refuses_bad_input_in_one_line_and_builds_nothing(stack, two_versions, arguments, message):
+    result = stack.make("package", *arguments, check=False, timeout=600)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert images_named("devstack-e2e-missing") == []
+    assert not re.search(r"package-model\.\w+", subprocess.run(["ls", "/tmp"], capture_output=True,
+                                                              text=True).stdout)
