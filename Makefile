@@ -48,6 +48,12 @@ MODEL ?= $(MODEL_URI)
 ALIAS ?= champion
 VERSION ?=
 IMAGE ?=
+URL ?=
+ALPHAS ?=
+L1_RATIOS ?=
+PROMOTE ?=
+# Sweep workers: one per core by default.
+PARALLEL ?= $(shell getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
 
 VENV := .venv
 PYTHON := $(VENV)/bin/python
@@ -142,6 +148,10 @@ serve: ## Serve a model (default: wine-quality's @champion, else its latest): ma
 	@docker logs "$$(tools/container-of serve)" 2>&1 | grep -m1 '^serve: serving' || true
 	@echo "Scoring at http://$(HOST_ADDRESS):$(SERVE_PORT)/invocations: try 'make predict'"
 
+.PHONY: sweep
+sweep: ## Grid search in parallel containers: make sweep [ALPHAS=0.01,0.1 L1_RATIOS=0.1,0.9 PARALLEL=2 PROMOTE=yes]
+	@tools/sweep '$(ALPHAS)' '$(L1_RATIOS)' '$(PARALLEL)' '$(PROMOTE)' '$(IMAGE_PREFIX)/dev:$(IMAGE_TAG)'
+
 .PHONY: promote
 promote: ## Point @champion at the wine-quality version with the lowest rmse: make promote [VERSION=3] [ALIAS=champion]
 	$(call in_dev,python promote.py --alias '$(ALIAS)' $(if $(VERSION),--version '$(VERSION)'))
@@ -151,8 +161,14 @@ package: ## Build a self-contained model server image: make package [MODEL=model
 	@tools/package-model '$(MODEL)' '$(IMAGE)' '$(IMAGE_PREFIX)/serve:$(IMAGE_TAG)'
 
 .PHONY: predict
-predict: ## Score the first rows of the data set with the served model
+predict: ## Score the first rows of the data set: make predict [URL=http://127.0.0.1:5001/invocations]
+ifeq ($(URL),)
 	$(call in_dev,python predict.py)
+else
+	@# Any server this machine reaches (a packaged image, say): from a throwaway container on the host's network.
+	docker run --rm --network host -v "$(CURDIR)/workspace:/home/mlflow/workspace:ro" -w /home/mlflow/workspace \
+	  -e SCORING_URL='$(URL)' $(IMAGE_PREFIX)/serve:$(IMAGE_TAG) python predict.py
+endif
 
 ##@ Development
 .PHONY: test

@@ -120,12 +120,12 @@ def check_tracking_server(uri):
                               f"(HTTP {response.status_code} from /health)")
 
 
-def log_training(model, train_x, metrics, params, experiment, registered_model):
-    """Log one run with its params, metrics and model; return (run id, model URI)."""
+def log_training(model, train_x, metrics, params, experiment, registered_model, run_id=None):
+    """Log one run (a new one, or run_id) with its params, metrics and model; return (run id, model URI)."""
     # Under `mlflow run` the run (and its experiment) already exist and come in through the environment.
-    if "MLFLOW_RUN_ID" not in os.environ:
+    if "MLFLOW_RUN_ID" not in os.environ and run_id is None:
         mlflow.set_experiment(experiment)
-    with mlflow.start_run() as run:
+    with mlflow.start_run(run_id=run_id) as run:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
         info = mlflow.sklearn.log_model(

@@ -63,11 +63,14 @@ def test_the_package_runs_alone_as_non_root_with_the_served_predictions(stack, p
         command = ["docker", "run", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080", package]
         with background_process(command, stack.root / "package.log", f"http://127.0.0.1:{port}/ping", timeout=300):
             packaged = requests.post(f"http://127.0.0.1:{port}/invocations", json=BODY, timeout=60).json()
+            printed = stack.make("predict", f"URL=http://127.0.0.1:{port}/invocations", timeout=300).stdout
             uid = subprocess.run(["docker", "exec", name, "id", "-u"], capture_output=True, text=True).stdout
             health = wait_for_health(name)
     finally:
         stack.make("up", timeout=1800)
     assert packaged["predictions"] == pytest.approx(served["predictions"], rel=1e-9, abs=1e-9)
+    values = [float(v) for v in re.findall(r"^\s+row \d+: (-?[\d.]+)$", printed, re.M)]
+    assert values == pytest.approx(served["predictions"], abs=1e-4)
     assert int(uid) != 0
     assert health == "healthy"
 
@@ -102,3 +105,77 @@ def test_package_refuses_bad_input_in_one_line_and_builds_nothing(stack, two_ver
     assert images_named("devstack-e2e-missing") == []
     assert not re.search(r"package-model\.\w+", subprocess.run(["ls", "/tmp"], capture_output=True,
                                                               text=True).stdout)
+
+
+def sweep_label(stack):
+    return f"label=com.mlflow-devstack.sweep={stack.project}"
+
+
+def trials_of(stack, output):
+    """(study name, its child runs) of the sweep whose `make sweep` printed output."""
+    study = re.search(r"^sweep: study (sweep-\w+)", output, re.M).group(1)
+    client = MlflowClient(stack.url("TRACKING_PORT"))
+    experiment = client.get_experiment_by_name("wine-quality").experiment_id
+    [parent] = client.search_runs([experiment], f"attributes.run_name = '{study}'")
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return study, children
+
+
+def point(run):
+    return float(run.data.params["alpha"]), float(run.data.params["l1_ratio"])
+
+
+def test_sweep_runs_each_point_once_in_parallel_containers(stack, trained_run):
+    result = stack.make("sweep", "ALPHAS=0.01,0.1,1.0", "L1_RATIOS=0.2,0.8", "PARALLEL=2", timeout=1800)
+    _, children = trials_of(stack, result.stdout)
+    assert sorted(point(run) for run in children) == sorted((a, l) for a in (0.01, 0.1, 1.0) for l in (0.2, 0.8))
+    assert {run.info.status for run in children} == {"FINISHED"}
+    spans = [(run.info.start_time, run.info.end_time) for run in children]
+    assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:]), spans
+    rmses = [float(v) for v in re.findall(r"^\s+[\d.e-]+\s+[\d.]+\s+([\d.]+)\s+\d+$", result.stdout, re.M)]
+    assert len(rmses) == 6 and rmses == sorted(rmses)
+    assert subprocess.run(["docker", "ps", "-aq", "--filter", sweep_label(stack)], capture_output=True,
+                          text=True).stdout == ""
+
+
+def test_a_sweep_whose_worker_died_is_completed_by_a_rerun(stack, trained_run):
+    grid = ("ALPHAS=0.02,0.2", "L1_RATIOS=0.3,0.6,0.9", "PARALLEL=2")
+    first = subprocess.Popen(stack.as_user(["make", "--no-print-directory", "sweep", *grid]), cwd=stack.root,
+                             env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        victim = None
+        for _ in range(600):  # until one worker has finished a trial (it has two more to go)
+            workers = subprocess.run(["docker", "ps", "-q", "--filter", sweep_label(stack)],
+                                     capture_output=True, text=True).stdout.split()
+            for worker in workers:
+                logs = subprocess.run(["docker", "logs", worker], capture_output=True, text=True)
+                if "rmse=" in logs.stdout + logs.stderr:
+                    victim = worker
+            if victim or first.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert victim, "no worker finished a trial"
+        subprocess.run(["docker", "kill", victim], capture_output=True, check=True)
+        out, err = first.communicate(timeout=1200)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode != 0
+    assert "grid points did not finish (a worker failed): run the sweep again" in err
+    second = stack.make("sweep", *grid, timeout=1800)
+    _, children = trials_of(stack, second.stdout)
+    finished = [point(run) for run in children if run.info.status == "FINISHED"]
+    assert sorted(finished) == sorted((a, l) for a in (0.02, 0.2) for l in (0.3, 0.6, 0.9))
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["ALPHAS=0.1,abc"], "alphas must be comma-separated numbers, got 'abc'"),
+    (["L1_RATIOS=0.5,2"], "l1-ratios values must be between 0 and 1, got '2'"),
+    (["PARALLEL=0"], "parallel must be a whole number from 1 to 64, got '0'"),
+])
+def test_a_bad_sweep_is_one_line_and_starts_no_container(stack, arguments, message):
+    result = stack.make("sweep", *arguments, check=False, timeout=300)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert subprocess.run(["docker", "ps", "-aq", "--filter", sweep_label(stack)], capture_output=True,
+                          text=True).stdout == ""

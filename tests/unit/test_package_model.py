@@ -28,7 +28,7 @@ def docker_calls(tmp_path):
 
 def package(docker_calls, image, model="models:/wine-quality/1"):
     env = {"PATH": f"{docker_calls / 'bin'}:/usr/bin:/bin", "PROJECT_NAME": "p", "TMPDIR": str(docker_calls)}
-    return subprocess.run(["bash", str(TOOL), model, image, "mlflow-devstack/serve:0.2.0-uid1000-gid1000"],
+    return subprocess.run(["bash", str(TOOL), model, image, "mlflow-devstack/serve:test"],
                           capture_output=True, text=True, env=env, cwd=ROOT)
 
 
