@@ -49,6 +49,8 @@ ALIAS ?= champion
 VERSION ?=
 IMAGE ?=
 URL ?=
+PROJECT ?= workspace
+PROJECT_VERSION ?=
 ALPHAS ?=
 L1_RATIOS ?=
 PROMOTE ?=
@@ -147,6 +149,15 @@ serve: ## Serve a model (default: wine-quality's @champion, else its latest): ma
 	@tools/wait-healthy 300 serve
 	@docker logs "$$(tools/container-of serve)" 2>&1 | grep -m1 '^serve: serving' || true
 	@echo "Scoring at http://$(HOST_ADDRESS):$(SERVE_PORT)/invocations: try 'make predict'"
+
+.PHONY: project
+project: $(VENV)/.installed ## Run the MLproject in its own container, as the tutorial does: make project ALPHA=1.0 L1=1.0 [PROJECT=<git URL> PROJECT_VERSION=<branch>]
+	@tools/container-of tracking >/dev/null
+	@# The project's docker_env names this tag: MLflow builds the run's image on the stack's dev image.
+	docker tag $(IMAGE_PREFIX)/dev:$(IMAGE_TAG) mlflow-devstack-project-base
+	MLFLOW_TRACKING_URI=http://$(HOST_ADDRESS):$(TRACKING_PORT) $(VENV)/bin/mlflow run '$(PROJECT)' \
+	  $(if $(PROJECT_VERSION),--version '$(PROJECT_VERSION)') --build-image --experiment-name wine-quality \
+	  -P alpha='$(ALPHA)' -P l1_ratio='$(L1)' -A network=$(PROJECT_NAME)_default
 
 .PHONY: sweep
 sweep: ## Grid search in parallel containers: make sweep [ALPHAS=0.01,0.1 L1_RATIOS=0.1,0.9 PARALLEL=2 PROMOTE=yes]

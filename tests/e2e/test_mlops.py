@@ -179,3 +179,52 @@ def test_a_bad_sweep_is_one_line_and_starts_no_container(stack, arguments, messa
     assert message in result.stderr and "Traceback" not in result.stderr
     assert subprocess.run(["docker", "ps", "-aq", "--filter", sweep_label(stack)], capture_output=True,
                           text=True).stdout == ""
+
+
+def layers(image):
+    return subprocess.run(["docker", "image", "inspect", "-f", "{{json .RootFS.Layers}}", image],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def project_run(stack, alpha):
+    """The newest run of `make project` (MLflow's docker backend) with this alpha."""
+    client = MlflowClient(stack.url("TRACKING_PORT"))
+    experiment = client.get_experiment_by_name("wine-quality").experiment_id
+    runs = client.search_runs([experiment], f"params.alpha = '{alpha}'", order_by=["attributes.start_time DESC"])
+    return next(run for run in runs if "mlflow.docker.image.uri" in run.data.tags)
+
+
+def test_make_project_runs_the_mlproject_in_a_container_built_on_the_dev_image(stack, trained_run):
+    stack.make("project", "ALPHA=1.0", "L1=1.0", timeout=1800)
+    run = project_run(stack, "1.0")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["l1_ratio"] == "1.0" and run.data.metrics["rmse"] > 0
+    versions = MlflowClient(stack.url("TRACKING_PORT")).search_model_versions(f"run_id = '{run.info.run_id}'")
+    assert len(versions) == 1  # its model, registered
+    image = run.data.tags["mlflow.docker.image.uri"]
+    assert image.startswith("wine-quality-project")
+    dev_image = subprocess.run(["docker", "inspect", "-f", "{{.Config.Image}}", stack.container_of("dev")],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    assert layers(image).startswith(layers(dev_image)[:-1])  # built on the dev image's layers
+
+
+def test_make_project_from_a_git_url_runs_that_branch(stack, tmp_path):
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for name in ("MLproject", "train.py", "wine_data.py", "data"):
+        subprocess.run(["cp", "-r", str(stack.root / "workspace" / name), str(repo)], check=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "project"], check=True)
+    subprocess.run([*git, "checkout", "-qb", "experiment"], check=True)
+    (repo / "NOTES.md").write_text("the experiment branch\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "experiment"], check=True)
+    branch_commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    subprocess.run([*git, "checkout", "-q", "main"], check=True)
+    stack.make("project", f"PROJECT=file://{repo}", "PROJECT_VERSION=experiment", "ALPHA=0.7", "L1=0.3",
+               timeout=1800)
+    run = project_run(stack, "0.7")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.source.git.commit"] == branch_commit
