@@ -5,6 +5,7 @@ bench/results/<time>.json. Figures only: nothing here passes or fails on a time.
     make bench                        # everything, a cold build of all images included (~15 min)
     make bench BENCH_ARGS=--no-cold-build
     make bench BENCH_ARGS=--serving-only  # the scoring servers side by side (~5 min)
+    make bench BENCH_ARGS=--mlops-only    # the default sweep with PARALLEL 1 and 2; the packaged image
 """
 
 import argparse
@@ -28,7 +29,7 @@ from mlflow.tracking import MlflowClient
 
 for folder in ("tests", "workspace"):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / folder))
-from helpers import ROOT, wrk  # noqa: E402
+from helpers import ROOT, free_port, wait_for_http, wrk  # noqa: E402
 from stack import Stack, docker_problem  # noqa: E402
 from wine_data import features_and_target, load_wine_data  # noqa: E402
 
@@ -141,6 +142,34 @@ def print_scoring_table(results):
               f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['cpu_ms_per_request']:>10.3f} {r['rss_mib']:>7.0f}  {ratio}")
 
 
+def mlops_loop(stack):
+    """Wall time of the default 24-point sweep with 1 and 2 workers (each a fresh study: the
+    experiment differs), and the packaged image's size and time from `docker run` to /ping."""
+    figures = {}
+    for parallel in (1, 2):
+        # A grid of its own per run, so the second sweep does not resume the first.
+        alphas = ",".join(str(a + parallel * 1e-6) for a in (0.0001, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0))
+        figures[f"sweep of 24 points, PARALLEL={parallel} (s)"] = timed(
+            lambda: stack.make("sweep", f"ALPHAS={alphas}", "L1_RATIOS=0.1,0.5,0.9", f"PARALLEL={parallel}"))
+    figures["sweep speed-up, PARALLEL 2 vs 1"] = round(figures["sweep of 24 points, PARALLEL=1 (s)"]
+                                                       / figures["sweep of 24 points, PARALLEL=2 (s)"], 2)
+    image = "devstack-bench-model:1"
+    figures["make package (s)"] = timed(lambda: stack.make("package", f"IMAGE={image}"))
+    figures["packaged image (MB)"] = disk_mb(image)
+    port = free_port()
+    start = time.perf_counter()
+    container = subprocess.run(["docker", "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8080", image],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", 300)
+        figures["packaged image, docker run to /ping (s)"] = round(time.perf_counter() - start, 2)
+    finally:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+        subprocess.run(["docker", "rmi", image], capture_output=True)
+    print(figures, flush=True)
+    return figures
+
+
 def containers_by_service(stack):
     """{service: (container id, image)} for the stack's running containers."""
     found = {}
@@ -232,6 +261,7 @@ def main():
     parser = argparse.ArgumentParser(prog="bench.py")
     parser.add_argument("--no-cold-build", action="store_true", help="skip the no-cache build (~8 min here)")
     parser.add_argument("--serving-only", action="store_true", help="only the scoring servers side by side")
+    parser.add_argument("--mlops-only", action="store_true", help="only the sweep and the packaged image")
     args = parser.parse_args()
     problem = docker_problem()
     if problem:
@@ -243,6 +273,11 @@ def main():
     with tempfile.TemporaryDirectory() as parent:
         stack = Stack.copy_of_project(parent)
         try:
+            if args.mlops_only:
+                stack.make("up")
+                stack.make("train")
+                figures["mlops"] = mlops_loop(stack)
+                return finish(figures, serving_only=True)
             if args.serving_only:
                 stack.make("up")
                 stack.make("train")
@@ -258,6 +293,7 @@ def main():
             url = stack.url("SERVE_PORT") + "/invocations"
             figures["scoring"] = [scoring_latency(url, inputs.head(size), REQUESTS_PER_SIZE) for size in (1, 100, 1000)]
             figures["scoring_side_by_side"] = scoring_side_by_side(stack, inputs)
+            figures["mlops"] = mlops_loop(stack)
             containers = containers_by_service(stack)
             figures["memory_mib"] = {service: memory_mib(c) for service, (c, _) in containers.items()}
             images = {service: image for service, (_, image) in containers.items()}
@@ -296,7 +332,10 @@ def finish(figures, serving_only=False):
     out.write_text(json.dumps(figures, indent=2) + "\n")
     if not serving_only:
         print_table(figures)
-    print_scoring_table(figures["scoring_side_by_side"])
+    if "scoring_side_by_side" in figures:
+        print_scoring_table(figures["scoring_side_by_side"])
+    for name, value in figures.get("mlops", {}).items():
+        print(f"{name:<48} {value:>10}")
     print(f"written to {out.relative_to(ROOT)}")
 
 
