@@ -277,12 +277,12 @@ def main():
                 stack.make("up")
                 stack.make("train")
                 figures["mlops"] = mlops_loop(stack)
-                return finish(figures, serving_only=True)
+                return finish(figures, full=False)
             if args.serving_only:
                 stack.make("up")
                 stack.make("train")
                 figures["scoring_side_by_side"] = scoring_side_by_side(stack, features_and_target(load_wine_data())[0])
-                return finish(figures, serving_only=True)
+                return finish(figures, full=False)
             seconds["build, images up to date"] = timed(lambda: stack.make("build"))
             seconds["make up, to healthy"] = timed(lambda: stack.make("up"))
             seconds["make train (median of 3)"] = median_of(3, lambda: stack.make("train"))
@@ -327,10 +327,10 @@ def main():
     finish(figures)
 
 
-def finish(figures, serving_only=False):
+def finish(figures, full=True):
     out = ROOT / "bench" / "results" / f"{figures['when'][:19].replace(':', '')}.json"
     out.write_text(json.dumps(figures, indent=2) + "\n")
-    if not serving_only:
+    if full:
         print_table(figures)
     if "scoring_side_by_side" in figures:
         print_scoring_table(figures["scoring_side_by_side"])
