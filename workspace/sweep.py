@@ -96,8 +96,12 @@ def open_study(experiment, name, grid=None):
     if grid is None:
         return optuna.load_study(study_name=name, storage=storage), storage
     alphas, l1_ratios = sorted({a for a, _ in grid}), sorted({l for _, l in grid})
-    study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True,
-                                sampler=optuna.samplers.GridSampler({"alpha": alphas, "l1_ratio": l1_ratios}))
+    sampler = optuna.samplers.GridSampler({"alpha": alphas, "l1_ratio": l1_ratios})
+    # MlflowStorage creates a new study run for every create_study, even of a name that exists
+    # (load_if_exists has no effect there): look for the study first.
+    if storage.get_study_id_by_name_if_exists(name):
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler), storage
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize", sampler=sampler)
     study.set_user_attr("grid", [alphas, l1_ratios])
     storage.flush_all_batches()
     return study, storage
