@@ -3,7 +3,8 @@
 registered model). `make sweep` drives it in three steps:
 
     python sweep.py plan --alphas 0.01,0.1 --l1-ratios 0.1,0.9 --parallel 2   # validate, create or
-        # resume the study, mark trials of dead workers failed; print the points each worker runs
+        # resume the study, mark trials of dead workers failed; print "study: NAME", then
+        # "points: [...]" for each worker
     python sweep.py work --study NAME --points '[[0.01, 0.1], [0.1, 0.9]]'     # one worker container
     python sweep.py report --study NAME [--promote]                            # table by rmse
 
@@ -124,9 +125,10 @@ def plan(args):
     done = completed_points(study)
     missing = [point for point in grid if point not in done]
     print(f"study {name}: {len(grid)} points, {len(done)} done, {len(missing)} to run", file=sys.stderr)
-    print(name)
+    # For tools/sweep, prefixed: MLflow prints lines of its own here (a run's URL when it ends).
+    print(f"study: {name}")
     for share in shares(missing, args.parallel):
-        print(json.dumps(share))
+        print(f"points: {json.dumps(share)}")
     return 0
 
 
