@@ -151,8 +151,7 @@ serve: ## Serve a model (default: wine-quality's @champion, else its latest): ma
 	@echo "Scoring at http://$(HOST_ADDRESS):$(SERVE_PORT)/invocations: try 'make predict'"
 
 .PHONY: project
-project: $(VENV)/.installed ## Run the MLproject in its own container, as the tutorial does: make project ALPHA=1.0 L1=1.0 [PROJECT=<git URL> PROJECT_VERSION=<branch>]
-	@tools/container-of tracking >/dev/null
+project: tracking-running $(VENV)/.installed ## Run the MLproject in its own container, as the tutorial does: make project ALPHA=1.0 L1=1.0 [PROJECT=<git URL> PROJECT_VERSION=<branch>]
 	@# The project's docker_env names this tag: MLflow builds the run's image on the stack's dev image.
 	docker tag $(IMAGE_PREFIX)/dev:$(IMAGE_TAG) mlflow-devstack-project-base
 	MLFLOW_TRACKING_URI=http://$(HOST_ADDRESS):$(TRACKING_PORT) $(VENV)/bin/mlflow run '$(PROJECT)' \
@@ -220,7 +219,7 @@ clean: ## Remove the stack, its images and EVERY run, model and artifact in ./ml
 	rm -f .build/images-*
 
 # Internal steps.
-.PHONY: own-project ports-free secrets images ca-certificates
+.PHONY: own-project ports-free secrets images ca-certificates tracking-running
 own-project:
 	@tools/check-project
 
@@ -229,6 +228,9 @@ ports-free:
 
 secrets:
 	@tools/make-secrets
+
+tracking-running:
+	@tools/container-of tracking >/dev/null
 
 # Builds only when an image is missing or a file it is built from changed since the last build.
 images: ca-certificates

@@ -228,3 +228,11 @@ def test_make_project_from_a_git_url_runs_that_branch(stack, tmp_path):
     run = project_run(stack, "0.7")
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.source.git.commit"] == branch_commit
+
+
+def test_make_project_with_the_stack_down_says_to_start_it(stack):
+    env = dict(stack.env, COMPOSE_PROJECT_NAME=f"absent-{uuid.uuid4().hex[:8]}")
+    result = subprocess.run(stack.as_user(["make", "--no-print-directory", "project"]), cwd=stack.root, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip() == "error: the tracking container is not running: start the stack with 'make up'"
