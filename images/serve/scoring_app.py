@@ -238,9 +238,10 @@ async def read_body(request, limit):
 
 
 class Scorer:
-    def __init__(self, model, settings):
+    """Answers /invocations bodies for one model: the fast path where it applies, else MLflow's."""
+
+    def __init__(self, model):
         self.model = model
-        self.settings = settings
         self.input_schema = model.metadata.get_input_schema()
         self.fast = FastPath.for_model(model)
 
@@ -299,7 +300,7 @@ def read_content_type(content_type):
 def create_app(settings=None):
     settings = settings or Settings()
     os.environ["_MLFLOW_IS_IN_SERVING_ENVIRONMENT"] = "true"  # as stock sets it
-    scorer = Scorer(mlflow.pyfunc.load_model(settings.model_path), settings)
+    scorer = Scorer(mlflow.pyfunc.load_model(settings.model_path))
     mode = ("fast path, one matrix" if scorer.fast and scorer.fast.array_mode
             else "fast path, DataFrame" if scorer.fast else "MLflow's path (pyfunc)")
     if scorer.fast and scorer.fast.predict is not scorer.fast.model_predict:
@@ -324,7 +325,7 @@ def create_app(settings=None):
                 body = await read_body(request, settings.max_request_bytes)
         except RequestTooLarge:
             return error(413, "REQUEST_TOO_LARGE", f"The request body is over "
-                         f"{settings.max_request_bytes // 1024 // 1024} MB (SERVE_MAX_REQUEST_MB).")
+                         f"{settings.max_request_bytes / 1024 / 1024:g} MB (SERVE_MAX_REQUEST_MB).")
         except TimeoutError:
             return error(408, "REQUEST_TIMEOUT", f"The request body took over {settings.timeout:g} s "
                          "to arrive (SERVE_TIMEOUT).")

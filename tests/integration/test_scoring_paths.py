@@ -58,7 +58,7 @@ def model(request, tmp_path_factory):
                               pyfunc_predict_fn=predict_fn, skops_trusted_types=["sklearn.tree._tree.Tree"],
                               pip_requirements=["scikit-learn"])  # no inference subprocess
     loaded = mlflow.pyfunc.load_model(str(path))
-    return loaded, scoring_app.Scorer(loaded, None), mode
+    return loaded, scoring_app.Scorer(loaded), mode
 
 
 def stock_answer(model, body, content_type):
