@@ -53,6 +53,18 @@ def package(stack, two_versions):
     subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 
 
+def test_package_by_default_takes_the_champion_and_names_the_image_after_it(stack, two_versions):
+    stack.make("promote", timeout=300)
+    champion = MlflowClient(stack.url("TRACKING_PORT")).get_model_version_by_alias("wine-quality", "champion")
+    image = f"wine-quality:{champion.version}"
+    try:
+        output = stack.make("package", timeout=900).stdout
+        assert f"Built {image}: models:/wine-quality/{champion.version} (@champion)" in output
+        assert images_named(image) == [image]
+    finally:
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+
+
 def test_the_package_runs_alone_as_non_root_with_the_served_predictions(stack, package):
     stack.make("serve", "MODEL=models:/wine-quality/1", timeout=900)
     served = requests.post(stack.url("SERVE_PORT") + "/invocations", json=BODY, timeout=60).json()
@@ -126,7 +138,8 @@ def point(run):
 
 
 def test_sweep_runs_each_point_once_in_parallel_containers(stack, trained_run):
-    result = stack.make("sweep", "ALPHAS=0.01,0.1,1.0", "L1_RATIOS=0.2,0.8", "PARALLEL=2", timeout=1800)
+    result = stack.make("sweep", "ALPHAS=0.01,0.1,1.0", "L1_RATIOS=0.2,0.8", "PARALLEL=2", "PROMOTE=yes",
+                        timeout=1800)
     _, children = trials_of(stack, result.stdout)
     assert sorted(point(run) for run in children) == sorted((a, l) for a in (0.01, 0.1, 1.0) for l in (0.2, 0.8))
     assert {run.info.status for run in children} == {"FINISHED"}
@@ -134,6 +147,12 @@ def test_sweep_runs_each_point_once_in_parallel_containers(stack, trained_run):
     assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:]), spans
     rmses = [float(v) for v in re.findall(r"^\s+[\d.e-]+\s+[\d.]+\s+([\d.]+)\s+\d+$", result.stdout, re.M)]
     assert len(rmses) == 6 and rmses == sorted(rmses)
+    client = MlflowClient(stack.url("TRACKING_PORT"))
+    champion = client.get_model_version_by_alias("wine-quality", "champion")
+    best = min(client.get_run(v.run_id).data.metrics["rmse"]
+               for v in client.search_model_versions("name = 'wine-quality'"))
+    assert client.get_run(champion.run_id).data.metrics["rmse"] == best
+    assert f"@champion: wine-quality version {champion.version}" in result.stdout
     assert subprocess.run(["docker", "ps", "-aq", "--filter", sweep_label(stack)], capture_output=True,
                           text=True).stdout == ""
 
