@@ -103,8 +103,9 @@ def test_train_logs_the_tutorials_run_visible_from_the_host(stack, trained_run):
 
 def test_artifacts_sit_in_host_mlruns_owned_by_the_host_user(stack, trained_run):
     mlruns = stack.root / "mlruns"
-    [model_file] = list(mlruns.glob("artifacts/**/model.skops"))
-    for path in (model_file, mlruns / "mlflow.db"):
+    model_files = list(mlruns.glob("artifacts/**/model.skops"))
+    assert model_files
+    for path in (*model_files, mlruns / "mlflow.db"):
         assert path.stat().st_uid == stack.app_uid
 
 
