@@ -26,12 +26,19 @@ PROJECT_NAME := $(shell name='$(or $(COMPOSE_PROJECT_NAME),$(notdir $(CURDIR)))'
 ifndef COMPOSE
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 endif
+# Team mode (make up TEAM=1 ...): compose.team.yaml on top of compose.yaml, for every Compose
+# command the Makefile and its tools run.
+TEAM ?=
+ifneq ($(TEAM),)
+export COMPOSE_FILE := compose.yaml:compose.team.yaml
+endif
 IMAGE_TAG := $(STACK_VERSION)-uid$(APP_UID)-gid$(APP_GID)
-IMAGES := $(foreach service,tracking dev serve,$(IMAGE_PREFIX)/$(service):$(IMAGE_TAG))
+IMAGES := $(foreach service,tracking dev serve $(if $(TEAM),proxy postgres storage),$(IMAGE_PREFIX)/$(service):$(IMAGE_TAG))
+IMAGES_BUILT := .build/images-$(IMAGE_TAG)$(if $(TEAM),-team)
 export COMPOSE BIND_ADDRESS TRACKING_PORT JUPYTER_PORT SSH_PORT SERVE_PORT TRACKING_ALLOWED_HOSTS \
   MODEL_URI SERVE_SERVER SERVE_WORKERS SERVE_MAX_REQUEST_MB SERVE_TIMEOUT SERVE_ALLOWED_HOSTS \
   MLFLOW_DISABLE_TELEMETRY BASE_IMAGE LOCAL_BASE_IMAGE IMAGE_PREFIX STACK_VERSION APP_UID APP_GID \
-  EXTRA_CA_CERTS BUILD_NETWORK PROJECT_NAME HOST_ADDRESS
+  EXTRA_CA_CERTS BUILD_NETWORK PROJECT_NAME HOST_ADDRESS GARAGE_IMAGE LOCAL_GARAGE_IMAGE TEAM
 ifneq ($(COMPOSE_PROJECT_NAME),)
 export COMPOSE_PROJECT_NAME
 endif
@@ -50,6 +57,7 @@ VERSION ?=
 IMAGE ?=
 URL ?=
 PROJECT ?= workspace
+NAME ?=
 PROJECT_VERSION ?=
 ALPHAS ?=
 L1_RATIOS ?=
@@ -78,11 +86,11 @@ help: ## Show this help
 
 ##@ The stack
 .PHONY: up
-up: own-project ports-free secrets images ## Build if needed, start tracking and dev, wait until healthy, print the URLs
+up: own-project ports-free secrets images ## Build if needed, start tracking and dev, wait until healthy, print the URLs (TEAM=1: team mode)
 	@if [ "$(HOST_UID)" -eq 0 ]; then \
 	  find workspace mlruns \( ! -uid $(APP_UID) -o ! -gid $(APP_GID) \) -exec chown -h $(APP_UID):$(APP_GID) {} +; fi
 	$(COMPOSE) up -d --remove-orphans tracking dev
-	@tools/wait-healthy 300 tracking dev
+	@tools/wait-healthy 300 tracking dev $(if $(TEAM),tracking-a tracking-b postgres storage)
 	@$(MAKE) --no-print-directory urls
 
 .PHONY: down
@@ -91,12 +99,17 @@ down: ## Stop and remove the containers (runs, models and artifacts stay in ./ml
 
 .PHONY: build
 build: ca-certificates secrets ## Build the images (tracking, dev, serve), on a registry-free base if need be
-	base=$$(tools/base-image) && BASE_IMAGE=$$base $(COMPOSE) --profile serve build
-	@mkdir -p .build && touch .build/images-$(IMAGE_TAG)
+	base=$$(tools/base-image) && $(if $(TEAM),garage=$$(tools/garage-image "$$base") && export GARAGE_IMAGE=$$garage &&) \
+	  BASE_IMAGE=$$base $(COMPOSE) --profile serve build
+	@mkdir -p .build && touch $(IMAGES_BUILT)
 
 .PHONY: base-image
 base-image: ## Build the base image from Debian packages, for machines with no registry (root)
 	images/base/build.sh $(LOCAL_BASE_IMAGE)
+
+.PHONY: garage-image
+garage-image: ca-certificates ## Get Garage for team mode: pulled, else built from crates.io (once per machine)
+	@base=$$(tools/base-image) && tools/garage-image "$$base"
 
 .PHONY: ps
 ps: ## Show the containers and their health
@@ -113,6 +126,9 @@ urls: ## Print the URLs and the ssh command
 	@echo "  JupyterLab   http://$(HOST_ADDRESS):$(JUPYTER_PORT)/lab?token=$$(cat .secrets/jupyter_token)"
 	@echo "  SSH          ssh $(SSH_OPTIONS) mlflow@$(HOST_ADDRESS)   (or: make ssh)"
 	@echo "  Model server http://$(HOST_ADDRESS):$(SERVE_PORT)/invocations   (after: make serve)"
+ifneq ($(TEAM),)
+	@echo "  Team login   admin / $$(cat .secrets/mlflow_admin_password)   (more users: make user NAME=alice TEAM=1)"
+endif
 	@echo
 
 .PHONY: doctor
@@ -180,6 +196,15 @@ else
 	  -e SCORING_URL='$(URL)' $(IMAGE_PREFIX)/serve:$(IMAGE_TAG) python predict.py
 endif
 
+##@ Team mode (TEAM=1: PostgreSQL, Garage, two tracking replicas, login)
+.PHONY: user
+user: ## Create a team login with a generated password: make user NAME=alice TEAM=1
+	@tools/team-user '$(NAME)'
+
+.PHONY: copy-to-team
+copy-to-team: ## Copy the local stack's runs and models (./mlruns) into team mode: make copy-to-team TEAM=1
+	@tools/copy-to-team '$(IMAGE_PREFIX)/dev:$(IMAGE_TAG)'
+
 ##@ Development
 .PHONY: test
 test: $(VENV)/.installed ## Run every test: unit, host integration, end-to-end (Docker)
@@ -210,9 +235,9 @@ lock: ca-certificates ## Re-resolve requirements/constraints.txt after changing 
 	mv .build/constraints.txt requirements/constraints.txt
 
 .PHONY: clean
-clean: ## Remove the stack, its images and EVERY run, model and artifact in ./mlruns (asks first)
+clean: ## Remove the stack, its images and EVERY run, model and artifact in ./mlruns (TEAM=1: and team mode's volumes) (asks first)
 	@if [ "$(CONFIRM)" != yes ]; then \
-	  read -r -p "Delete all runs, models and artifacts in ./mlruns? [y/N] " answer; \
+	  read -r -p "Delete all runs, models and artifacts in ./mlruns$(if $(TEAM), and team mode's database and bucket)? [y/N] " answer; \
 	  [ "$$answer" = y ] || { echo "Nothing deleted."; exit 1; }; fi
 	$(COMPOSE) --profile serve down --volumes --remove-orphans --rmi all
 	find mlruns -mindepth 1 ! -name .gitkeep -delete
@@ -234,8 +259,8 @@ tracking-running:
 
 # Builds only when an image is missing or a file it is built from changed since the last build.
 images: ca-certificates
-	@if ! docker image inspect $(IMAGES) >/dev/null 2>&1 || [ ! -e .build/images-$(IMAGE_TAG) ] \
-	  || [ -n "$$(find images requirements .dockerignore -newer .build/images-$(IMAGE_TAG) | head -1)" ]; then \
+	@if ! docker image inspect $(IMAGES) >/dev/null 2>&1 || [ ! -e $(IMAGES_BUILT) ] \
+	  || [ -n "$$(find images requirements .dockerignore -newer $(IMAGES_BUILT) | head -1)" ]; then \
 	  $(MAKE) --no-print-directory build; fi
 
 ca-certificates:

@@ -17,7 +17,8 @@ from helpers import ROOT, free_port
 NOT_COPIED = {".git", ".venv", ".build", ".secrets", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
 # What the test runner's environment must not hand to a stack: it would override the copy's .env,
 # or (make's own) hand the stack's make the variables of the `make test` that started the tests.
-NOT_INHERITED = ("COMPOSE_PROJECT_NAME", "APP_UID", "APP_GID", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+NOT_INHERITED = ("COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "TEAM", "APP_UID", "APP_GID", "MAKEFLAGS", "MFLAGS",
+                 "MAKELEVEL")
 PORT_VARIABLES = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT")
 
 
@@ -84,12 +85,15 @@ class Stack:
     log: list = field(default_factory=list)
 
     @classmethod
-    def copy_of_project(cls, parent, user=None):
-        """A copy in parent/devstack-test-<random>; with user, owned by and run as that user."""
+    def copy_of_project(cls, parent, user=None, team=False):
+        """A copy in parent/devstack-test-<random>; with user, owned by and run as that user; with
+        team, every make target and Compose command acts on team mode (TEAM=1)."""
         root = Path(parent) / f"devstack-test-{uuid.uuid4().hex[:8]}"
         shutil.copytree(ROOT, root, ignore=copy_ignore)
         ports = {name: free_port() for name in PORT_VARIABLES}
         env = dict(base_env(), **{name: str(port) for name, port in ports.items()})
+        if team:
+            env["TEAM"] = "1"
         app_uid = os.getuid() or 1000
         compose = compose_command()
         if user:
@@ -117,7 +121,10 @@ class Stack:
         return result
 
     def run_compose(self, *args, timeout=300):
-        return subprocess.run([*self.compose, *args], cwd=self.root, env=self.env, capture_output=True,
+        env = self.env
+        if env.get("TEAM"):  # as the Makefile does in team mode
+            env = dict(env, COMPOSE_FILE="compose.yaml:compose.team.yaml")
+        return subprocess.run([*self.compose, *args], cwd=self.root, env=env, capture_output=True,
                               text=True, timeout=timeout)
 
     def container_ids(self):
