@@ -69,7 +69,8 @@ def api(stack, path, auth=None, **kwargs):
 def psql(stack, query):
     result = subprocess.run(["docker", "exec", stack.container_of("postgres"), "psql", "--host=/run/postgresql",
                              "--username=mlflow", "--dbname=mlflow", "-Atc", query],
-                            capture_output=True, text=True, timeout=60, check=True)
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
 
@@ -137,8 +138,9 @@ def test_anonymous_and_wrong_logins_get_401_and_the_admin_200(team):
 def test_a_run_is_in_postgres_and_its_model_in_the_bucket(team, team_run):
     run_id, version = team_run
     assert psql(team, f"SELECT status FROM runs WHERE run_uuid = '{run_id}'") == "FINISHED"
-    model_id = psql(team, f"SELECT model_id FROM model_versions WHERE name = 'wine-quality' AND version = {version}")
-    assert model_id.startswith("m-")
+    source = psql(team, f"SELECT source FROM model_versions WHERE name = 'wine-quality' AND version = {version}")
+    assert source.startswith("models:/m-"), source
+    model_id = source.removeprefix("models:/")
     keys = bucket_keys(team)
     model_keys = [key for key in keys if f"/models/{model_id}/artifacts/" in key]
     assert any(key.endswith("/MLmodel") for key in model_keys), keys
