@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-from mlflow.entities import LoggedModelStatus, Metric, Param, RunTag, ViewType
+from mlflow.entities import LoggedModelStatus, Metric, Param, ViewType
 from mlflow.tracking import MlflowClient
 
 COPIED_FROM = "devstack.copied_from"

@@ -182,7 +182,7 @@ def test_killing_a_replica_during_a_burst_loses_no_acknowledged_write(team):
         run = client.create_run(client.create_experiment(f"burst-{time.time()}"))
         acknowledged = []
         print("started", flush=True)
-        for step in range(400):
+        for step in range(200):
             try:
                 client.log_metric(run.info.run_id, "step", step, step=step)
                 acknowledged.append(step)
@@ -196,7 +196,7 @@ def test_killing_a_replica_during_a_burst_loses_no_acknowledged_write(team):
     out = burst.stdout.read()
     assert burst.wait(timeout=600) == 0, burst.stderr.read()
     result = json.loads(out.strip().splitlines()[-1])
-    assert len(result["acknowledged"]) >= 390, "the proxy did not keep answering with one replica"
+    assert len(result["acknowledged"]) >= 195, "the proxy did not keep answering with one replica"
     assert set(result["acknowledged"]) <= set(result["stored"])
     team.make("up", timeout=600)  # brings the killed replica back, as a user would
     wait_healthy(team, "tracking-a")
