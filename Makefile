@@ -170,9 +170,12 @@ serve: ## Serve a model (default: wine-quality's @champion, else its latest): ma
 project: tracking-running $(VENV)/.installed ## Run the MLproject in its own container, as the tutorial does: make project ALPHA=1.0 L1=1.0 [PROJECT=<git URL> PROJECT_VERSION=<branch>]
 	@# The project's docker_env names this tag: MLflow builds the run's image on the stack's dev image.
 	docker tag $(IMAGE_PREFIX)/dev:$(IMAGE_TAG) mlflow-devstack-project-base
+	@# Team mode: the host's mlflow and the run's container log in as the admin (tools/team-login.env).
+	$(if $(TEAM),MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD="$$(cat .secrets/mlflow_admin_password)") \
 	MLFLOW_TRACKING_URI=http://$(HOST_ADDRESS):$(TRACKING_PORT) $(VENV)/bin/mlflow run '$(PROJECT)' \
 	  $(if $(PROJECT_VERSION),--version '$(PROJECT_VERSION)') --build-image --experiment-name wine-quality \
-	  -P alpha='$(ALPHA)' -P l1_ratio='$(L1)' -A network=$(PROJECT_NAME)_default
+	  -P alpha='$(ALPHA)' -P l1_ratio='$(L1)' -A network=$(PROJECT_NAME)_default \
+	  $(if $(TEAM),-A env-file=$(CURDIR)/tools/team-login.env)
 
 .PHONY: sweep
 sweep: ## Grid search in parallel containers: make sweep [ALPHAS=0.01,0.1 L1_RATIOS=0.1,0.9 PARALLEL=2 PROMOTE=yes]

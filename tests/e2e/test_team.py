@@ -266,6 +266,23 @@ def test_make_serve_and_make_package_work_in_team_mode(team, team_run):
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 
 
+def test_make_project_and_make_sweep_log_in_in_team_mode(team, team_run):
+    team.make("project", "ALPHA=0.9", "L1=0.9", timeout=1800)
+    swept = team.make("sweep", "ALPHAS=0.05,0.15", "L1_RATIOS=0.5", "PARALLEL=2", timeout=1800)
+    assert "sweep: study" in swept.stdout
+    result = in_dev(team, """
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient()
+        experiment = client.get_experiment_by_name("wine-quality").experiment_id
+        project = [r for r in client.search_runs([experiment], "params.alpha = '0.9'")
+                   if "mlflow.docker.image.uri" in r.data.tags]
+        swept = {r.data.params["alpha"] for r in client.search_runs([experiment], "params.l1_ratio = '0.5'")
+                 if r.data.tags.get("mlflow.parentRunId")}
+        print(len(project), project[0].info.status, sorted(swept))
+    """)
+    assert result.stdout.strip().splitlines()[-1] == "1 FINISHED ['0.05', '0.15']"
+
+
 def test_local_runs_are_copied_once(team):
     first = team.make("copy-to-team", timeout=900)
     assert re.search(r"copied \d+ experiments, 1 runs, 1 logged models, 1 model versions", first.stdout), first.stdout
