@@ -133,8 +133,9 @@ def test_garage_image_uses_the_registry_image_else_builds_from_crates_once(tmp_p
         esac
         """))
     (bin_dir / "docker").chmod(0o755)
+    # Its own lock file: a real build elsewhere on this machine (CI starts one) must not block it.
     env = dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin", GARAGE_IMAGE="dxflrs/garage:v2.5.0",
-               LOCAL_GARAGE_IMAGE="local-garage:2.5.0", BUILD_NETWORK="default")
+               LOCAL_GARAGE_IMAGE="local-garage:2.5.0", BUILD_NETWORK="default", TMPDIR=str(tmp_path))
 
     def garage_image():
         return subprocess.run([str(TOOLS / "garage-image"), "base:bookworm"], capture_output=True, text=True, env=env)
