@@ -4,6 +4,7 @@ by another user beside the first, the remote SSH workflow, VS Code's devcontaine
 import getpass
 import json
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -18,7 +19,7 @@ import pytest
 import requests
 
 from helpers import SSH_BATCH, free_port
-from stack import PORT_VARIABLES, Stack, base_env
+from stack import PORT_VARIABLES, Stack, base_env, running
 
 OTHER_USER = "devstack-e2e"
 
@@ -111,11 +112,28 @@ def other_user():
     if os.getuid() != 0:
         yield None
         return
+    remove_account(OTHER_USER)  # left by a run that was killed before its clean-up
     subprocess.run(["useradd", "--create-home", "--groups", "docker", OTHER_USER], check=True)
     try:
         yield OTHER_USER
     finally:
-        subprocess.run(["userdel", "--remove", OTHER_USER], capture_output=True)
+        remove_account(OTHER_USER)
+
+
+def remove_account(name):
+    """Remove the account and what still runs as it: userdel refuses an account with a running
+    process, and the account then outlives the tests and fails the next run's useradd."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return
+    subprocess.run(["pkill", "--signal", "KILL", "--uid", name], capture_output=True)
+    subprocess.run(["userdel", "--force", "--remove", name], capture_output=True, text=True)
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return
+    raise RuntimeError(f"the test account {name} could not be removed: userdel {name} by hand")
 
 
 @pytest.fixture(scope="module")
@@ -124,15 +142,11 @@ def second_stack(stack, other_user, request):
     before = image_ids(stack)
     parent = Path(tempfile.mkdtemp(prefix="devstack-second-"))
     parent.chmod(0o755)
-    second = Stack.copy_of_project(parent, user=other_user)
     try:
-        second.make("up", timeout=3600)
-        yield second, before
+        with running(Stack.copy_of_project(parent, user=other_user), request,
+                     lambda second: second.make("up", timeout=3600)) as second:
+            yield second, before
     finally:
-        if request.session.testsfailed:
-            print("\n".join(second.log))
-            print(f"--- compose logs of {second.project} ---\n{second.logs()}")
-        second.remove()
         shutil.rmtree(parent, ignore_errors=True)
 
 
