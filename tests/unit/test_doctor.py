@@ -19,7 +19,7 @@ LOCAL_BASE_IMAGE = "mlflow-devstack-base:bookworm"
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 
 # Answers as Docker 20.10 does. FAKE_DAEMON: up, down or denied; FAKE_IMAGES: the images present;
-# FAKE_STATE_<service>: that service's container state (status/health); FAKE_PORT_<service>: the
+# FAKE_STATE_<service> (dashes as underscores): that service's container state (status/health); FAKE_PORT_<service>: the
 # host port it publishes. Every call is logged to $FAKE_LOG.
 FAKE_DOCKER = r"""#!/usr/bin/env bash
 echo "$*" >>"$FAKE_LOG"
@@ -34,7 +34,7 @@ case $1 in
   image)
     case " $FAKE_IMAGES " in *" $3 "*) echo "[{}]" ;; *) echo "Error: No such image: $3" >&2; exit 1 ;; esac ;;
   inspect)
-    state=FAKE_STATE_${4%-id}
+    service=${4%-id} && state=FAKE_STATE_${service//-/_}
     [ -n "${!state:-}" ] || { echo "Error: No such object: $4" >&2; exit 1; }
     echo "${!state}" ;;
   port)
@@ -50,7 +50,7 @@ echo "compose $*" >>"$FAKE_LOG"
 case $1 in
   version) echo "1.29.2" ;;
   ps)
-    state=FAKE_STATE_${!#}
+    service=${!#} && state=FAKE_STATE_${service//-/_}
     [ -z "${!state:-}" ] || echo "${!#}-id" ;;
 esac
 exit 0
@@ -354,3 +354,43 @@ def test_run_outside_make_it_says_so_in_one_line(project):
     lines, status = doctor(project, TRACKING_PORT=None)
     assert status == 1
     assert lines == ["FIX  TRACKING_PORT is not set: run this as make doctor", "1 to fix."]
+
+
+TEAM_SERVICES = ("tracking_a", "tracking_b", "postgres", "storage")
+
+
+def team_mode(port, **states):
+    """A running team stack: every service healthy unless states says otherwise."""
+    settings = dict(running_stack(port), TEAM="1", GARAGE_IMAGE="dxflrs/garage:v2.5.0",
+                    LOCAL_GARAGE_IMAGE="mlflow-devstack-garage:2.5.0",
+                    FAKE_IMAGES=f"{BASE_IMAGE} mlflow-devstack-garage:2.5.0")
+    settings.update({f"FAKE_STATE_{service}": "running/healthy" for service in TEAM_SERVICES})
+    settings.update({f"FAKE_STATE_{service}": state for service, state in states.items()})
+    return settings
+
+
+def test_team_mode_checks_every_team_service_and_garage(project, tracking_server):
+    port, _, _ = tracking_server
+    lines, status = doctor(project, **team_mode(port))
+    assert status == 0, lines
+    for service in ("tracking", "dev", "tracking-a", "tracking-b", "postgres", "storage"):
+        assert f"OK   {service} is running and healthy" in lines
+    assert "OK   Garage built here, mlflow-devstack-garage:2.5.0, is present" in lines
+    assert "--   serve is not running: make serve TEAM=1" in lines
+
+
+def test_a_stopped_team_service_is_a_fix_with_team_commands(project, tracking_server):
+    port, _, _ = tracking_server
+    lines, status = doctor(project, **team_mode(port, postgres="exited/", tracking_b="running/unhealthy"))
+    assert status == 1
+    assert fixes(lines) == [
+        "FIX  tracking-b is running/unhealthy: see make logs SERVICE=tracking-b TEAM=1, then make up TEAM=1",
+        "FIX  postgres is exited: see make logs SERVICE=postgres TEAM=1, then make up TEAM=1"]
+
+
+def test_without_garage_team_mode_says_how_make_up_gets_it(project, tracking_server):
+    port, _, _ = tracking_server
+    lines, _ = doctor(project, **dict(team_mode(port), FAKE_IMAGES=BASE_IMAGE))
+    assert any(line.startswith("--   Garage is not here yet: make up TEAM=1 pulls dxflrs/garage:v2.5.0") for line in lines)
+    lines, _ = doctor(project, **running_stack(port))  # the local stack: no word of Garage or replicas
+    assert not [line for line in lines if "Garage" in line or "tracking-a" in line]
