@@ -91,6 +91,13 @@ def run_python(script, *args, env=None, cwd=WORKSPACE, timeout=600):
 
 
 @contextmanager
+def printed_run(printed):
+    """(run id, registered model version) from what train.py (and so `make train`) prints."""
+    run_id = re.search(r"^run_id: (\w+)$", printed, re.M).group(1)
+    version = re.search(r"^model_uri: models:/wine-quality/(\d+)$", printed, re.M).group(1)
+    return run_id, version
+
+
 def scoring_server(server, model_path, log_dir, workers=2, **settings):
     """SERVE_SERVER=server on model_path, as serve_model.py execs it; yields (base URL, process)."""
     import serve_model  # images/serve, on the tests' path (pytest.ini), not on bench's

@@ -9,10 +9,14 @@ import shlex
 import shutil
 import subprocess
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers import ROOT, free_port
+import pytest
+import yaml
+
+from helpers import ROOT, free_port, printed_run
 
 NOT_COPIED = {".git", ".venv", ".build", ".secrets", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
 # What the test runner's environment must not hand to a stack: it would override the copy's .env,
@@ -34,6 +38,18 @@ def compose_command():
         except FileNotFoundError:
             continue
     return None
+
+
+def compose_config(folder, env, *options):
+    """The Compose files in folder as Compose itself resolves them (`config` needs no daemon);
+    skips the test where no Compose is installed."""
+    compose = compose_command()
+    if compose is None:
+        pytest.skip("no Compose installed")
+    result = subprocess.run([*compose, *options, "config"], cwd=folder, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
 
 
 def docker_problem():
@@ -120,12 +136,27 @@ class Stack:
             raise AssertionError(f"make {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result
 
+    def train(self, *args, timeout=600):
+        """`make train ARGS...`: (run id, registered model version), as it prints them."""
+        return printed_run(self.make("train", *args, timeout=timeout).stdout)
+
+    def compose_env(self):
+        """The environment the Makefile gives Compose and the tools."""
+        env = dict(self.env, COMPOSE=shlex.join(self.compose), PROJECT_NAME=self.project)
+        if env.get("TEAM"):
+            env["COMPOSE_FILE"] = "compose.yaml:compose.team.yaml"
+        return env
+
     def run_compose(self, *args, timeout=300):
-        env = self.env
-        if env.get("TEAM"):  # as the Makefile does in team mode
-            env = dict(env, COMPOSE_FILE="compose.yaml:compose.team.yaml")
-        return subprocess.run([*self.compose, *args], cwd=self.root, env=env, capture_output=True,
+        return subprocess.run([*self.compose, *args], cwd=self.root, env=self.compose_env(), capture_output=True,
                               text=True, timeout=timeout)
+
+    def wait_healthy(self, *services, timeout=300):
+        """Waits as `make up` does (tools/wait-healthy), failing with the service's last log lines."""
+        result = subprocess.run(self.as_user(["tools/wait-healthy", str(timeout), *services]), cwd=self.root,
+                                env=self.compose_env(), capture_output=True, text=True, timeout=timeout + 60)
+        if result.returncode != 0:
+            raise AssertionError(result.stdout + result.stderr)
 
     def container_ids(self):
         result = subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}"],
@@ -154,3 +185,19 @@ class Stack:
         shutil.rmtree(self.root, ignore_errors=True)
         if down.returncode != 0:
             raise AssertionError(f"compose down failed: {down.stderr}")
+
+
+@contextmanager
+def running(stack, request, start):
+    """Yields stack once start(stack) returned. If that or any test failed, prints the make log and
+    Compose logs; always removes the stack."""
+    failed = True
+    try:
+        start(stack)
+        failed = False
+        yield stack
+    finally:
+        if failed or request.session.testsfailed:
+            print("\n".join(stack.log))
+            print(f"--- compose logs of {stack.project} ---\n{stack.logs()}")
+        stack.remove()

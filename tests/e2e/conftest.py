@@ -6,42 +6,34 @@ where that is a failure.
 """
 
 import os
-import re
 import subprocess
 
 import pytest
 
-from stack import Stack, docker_problem
+from stack import Stack, docker_problem, running
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, request):
+def docker():
+    """Docker and Compose answer here: else the layer is skipped, or fails under CI."""
     problem = docker_problem()
     if problem:
         if os.environ.get("CI"):
             pytest.fail(f"end-to-end tests must run in CI, but {problem}")
         pytest.skip(f"end-to-end tests need Docker: {problem}")
 
-    stack = Stack.copy_of_project(tmp_path_factory.mktemp("e2e"))
-    up_failed = True
-    try:
-        stack.make("up", timeout=3600)
-        up_failed = False
+
+@pytest.fixture(scope="session")
+def stack(docker, tmp_path_factory, request):
+    with running(Stack.copy_of_project(tmp_path_factory.mktemp("e2e")), request,
+                 lambda stack: stack.make("up", timeout=3600)) as stack:
         yield stack
-    finally:
-        if up_failed or request.session.testsfailed:
-            print("\n".join(stack.log))
-            print(f"--- compose logs of {stack.project} ---\n{stack.logs()}")
-        stack.remove()
 
 
 @pytest.fixture(scope="session")
 def trained_run(stack):
     """(run id, model version) of `make train ALPHA=0.5 L1=0.5`."""
-    result = stack.make("train", "ALPHA=0.5", "L1=0.5", timeout=600)
-    run_id = re.search(r"^run_id: (\w+)$", result.stdout, re.M).group(1)
-    version = re.search(r"^model_uri: models:/wine-quality/(\d+)$", result.stdout, re.M).group(1)
-    return run_id, version
+    return stack.train("ALPHA=0.5", "L1=0.5")
 
 
 @pytest.fixture

@@ -10,44 +10,35 @@ import re
 import subprocess
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from helpers import VENV_BIN
-from stack import Stack, docker_problem
+from stack import Stack, running
 
 SERVICES = ("tracking", "tracking-a", "tracking-b", "postgres", "storage", "dev")
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory, request):
-    problem = docker_problem()
-    if problem:
-        pytest.fail(f"end-to-end tests need Docker: {problem}")
-    stack = Stack.copy_of_project(tmp_path_factory.mktemp("team"), team=True)
-    failed = True
-    try:
+def team(docker, tmp_path_factory, request):
+    def start(stack):
         # A user's history on the local stack first (TEAM= on the command line: local mode).
         stack.make("up", "TEAM=", timeout=3600)
-        local = stack.make("train", "TEAM=", "ALPHA=0.3", "L1=0.3", timeout=600)
-        stack.local_run_id = re.search(r"^run_id: (\w+)$", local.stdout, re.M).group(1)
+        stack.local_run_id, _ = stack.train("TEAM=", "ALPHA=0.3", "L1=0.3")
         stack.make("down", "TEAM=", timeout=600)
         stack.make("up", timeout=5400)
-        failed = False
+
+    with running(Stack.copy_of_project(tmp_path_factory.mktemp("team"), team=True), request, start) as stack:
         yield stack
-    finally:
-        if failed or request.session.testsfailed:
-            print("\n".join(stack.log))
-            print(f"--- compose logs of {stack.project} ---\n{stack.logs()}")
-        stack.remove()
 
 
-def in_dev(stack, script, timeout=600, check=True):
+def in_dev(stack, script, timeout=600):
     """Runs a Python script in the dev container (logged in as the admin, as users are there)."""
     result = subprocess.run(["docker", "exec", "-i", stack.container_of("dev"), "python", "-"],
                             input=textwrap.dedent(script), capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
+    if result.returncode != 0:
         raise AssertionError(f"script failed in dev:\n{result.stdout}\n{result.stderr}")
     return result
 
@@ -74,7 +65,7 @@ def psql(stack, query):
     return result.stdout.strip()
 
 
-def bucket_keys(stack, prefix=""):
+def bucket_keys(stack):
     """Every object key in the team bucket, listed with an S3 client (boto3) inside the network."""
     script = f"""
         import boto3, json
@@ -82,7 +73,7 @@ def bucket_keys(stack, prefix=""):
                           aws_access_key_id={stack.secret("s3_key_id")!r},
                           aws_secret_access_key={stack.secret("s3_secret_key")!r})
         keys = []
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow", Prefix={prefix!r}):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow"):
             keys += [item["Key"] for item in page.get("Contents", [])]
         print(json.dumps(keys))
     """
@@ -94,23 +85,10 @@ def container_state(container):
                            container], capture_output=True, text=True).stdout.strip()
 
 
-def wait_healthy(stack, service, timeout=180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        container = stack.container_of(service)
-        if container and container_state(container) == "running/healthy":
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{service} not healthy after {timeout}s")
-
-
 @pytest.fixture(scope="module")
 def team_run(team):
     """(run id, model version) of `make train` in team mode."""
-    result = team.make("train", "ALPHA=0.5", "L1=0.5", timeout=600)
-    run_id = re.search(r"^run_id: (\w+)$", result.stdout, re.M).group(1)
-    version = re.search(r"^model_uri: models:/wine-quality/(\d+)$", result.stdout, re.M).group(1)
-    return run_id, version
+    return team.train("ALPHA=0.5", "L1=0.5")
 
 
 def test_every_service_is_healthy_and_migrations_ran_once(team):
@@ -163,12 +141,9 @@ def test_a_write_through_one_replica_is_read_through_the_other_and_the_proxy(tea
 
 
 def test_four_parallel_trainings_register_four_versions(team, team_run):
-    trainings = [subprocess.Popen(["make", "--no-print-directory", "train", f"ALPHA=0.{i}1", "L1=0.5"], cwd=team.root,
-                                  env=team.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for i in range(1, 5)]
-    outputs = [training.communicate(timeout=900)[0] for training in trainings]
-    assert [training.returncode for training in trainings] == [0] * 4, outputs
-    versions = [re.search(r"^model_uri: models:/wine-quality/(\d+)$", out, re.M).group(1) for out in outputs]
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda i: team.train(f"ALPHA=0.{i}1", "L1=0.5", timeout=900), range(1, 5)))
+    versions = [version for _, version in runs]
     assert len(set(versions)) == 4
 
 
@@ -198,8 +173,7 @@ def test_killing_a_replica_during_a_burst_loses_no_acknowledged_write(team):
     result = json.loads(out.strip().splitlines()[-1])
     assert len(result["acknowledged"]) >= 195, "the proxy did not keep answering with one replica"
     assert set(result["acknowledged"]) <= set(result["stored"])
-    team.make("up", timeout=600)  # brings the killed replica back, as a user would
-    wait_healthy(team, "tracking-a")
+    team.make("up", timeout=600)  # brings the killed replica back and waits for it, as for a user
 
 
 def test_the_host_loads_a_model_with_no_extra_setting(team, team_run):
@@ -319,7 +293,7 @@ def test_storage_down_gives_a_clear_artifact_error_and_metadata_still_works(team
         assert "Traceback" not in listed.text and listed.json().get("message")
     finally:
         subprocess.run(["docker", "start", storage], check=True, capture_output=True)
-    wait_healthy(team, "storage")
+    team.wait_healthy("storage", timeout=180)
     listed = api(team, "/api/2.0/mlflow/artifacts/list", auth=auth, params={"run_id": run_id})
     assert listed.status_code == 200
 

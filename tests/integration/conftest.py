@@ -2,14 +2,13 @@
 the model trained against it by workspace/train.py, and both scoring servers on that model: the
 stack's (scoring_app.py) and stock MLflow's, started the way the serve container starts them."""
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from helpers import VENV_BIN, background_process, free_port, run_python, scoring_server, tool_env
+from helpers import VENV_BIN, background_process, free_port, printed_run, run_python, scoring_server, tool_env
 
 
 @dataclass
@@ -50,9 +49,8 @@ def client_env(tracking_server):
 def trained(client_env):
     result = run_python("train.py", "--alpha", "0.5", "--l1-ratio", "0.5", env=client_env)
     assert result.returncode == 0, result.stderr
-    run_id = re.search(r"^run_id: (\w+)$", result.stdout, re.M).group(1)
-    model_uri = re.search(r"^model_uri: (\S+)$", result.stdout, re.M).group(1)
-    return TrainedModel(run_id, model_uri, model_uri.rsplit("/", 1)[1])
+    run_id, version = printed_run(result.stdout)
+    return TrainedModel(run_id, f"models:/wine-quality/{version}", version)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """train.py against a real tracking server over HTTP, checked through MlflowClient."""
 
-import re
 from importlib.metadata import version
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import train
-from helpers import run_python
+from helpers import printed_run, run_python
 from wine_data import features_and_target, load_wine_data
 
 
@@ -62,5 +61,5 @@ def test_registered_model_loads_and_predicts_as_trained(trained):
 def test_each_training_registers_a_further_version(client_env, trained):
     result = run_python("train.py", "0.1", "0.9", env=client_env)
     assert result.returncode == 0, result.stderr
-    version = re.search(r"^model_uri: models:/wine-quality/(\d+)$", result.stdout, re.M).group(1)
+    _, version = printed_run(result.stdout)
     assert int(version) > int(trained.version)
