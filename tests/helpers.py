@@ -90,7 +90,6 @@ def run_python(script, *args, env=None, cwd=WORKSPACE, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@contextmanager
 def printed_run(printed):
     """(run id, registered model version) from what train.py (and so `make train`) prints."""
     run_id = re.search(r"^run_id: (\w+)$", printed, re.M).group(1)
@@ -98,6 +97,7 @@ def printed_run(printed):
     return run_id, version
 
 
+@contextmanager
 def scoring_server(server, model_path, log_dir, workers=2, **settings):
     """SERVE_SERVER=server on model_path, as serve_model.py execs it; yields (base URL, process)."""
     import serve_model  # images/serve, on the tests' path (pytest.ini), not on bench's
