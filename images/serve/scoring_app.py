@@ -47,13 +47,41 @@ DEFAULT_ALLOWED_HOSTS = ["serve", "serve:*", "localhost", "localhost:*", "127.0.
                          "[::1]", "[[]::1]:*"]
 
 
+SERVERS = ("devstack", "mlflow")
+# The numeric SERVE_* settings: (kind, default); empty means the default (workers: one per core).
+NUMBERS = {"SERVE_WORKERS": (int, None), "SERVE_MAX_REQUEST_MB": (float, 32), "SERVE_TIMEOUT": (float, 60)}
+
+
+def number(environ, name):
+    kind, default = NUMBERS[name]
+    value = environ.get(name)
+    return kind(value) if value else default
+
+
+def settings_errors(environ):
+    """One line per SERVE_* setting that cannot work, naming it and what it takes: `serve_model.py`
+    checks them before starting either server."""
+    errors = []
+    if (environ.get("SERVE_SERVER") or "devstack") not in SERVERS:
+        errors.append(f"SERVE_SERVER={environ['SERVE_SERVER']}: use one of {', '.join(SERVERS)}")
+    for name, (kind, _) in NUMBERS.items():
+        try:
+            ok = not environ.get(name) or number(environ, name) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            errors.append(f"{name}={environ[name]}: use a positive {'whole ' if kind is int else ''}number, "
+                          "or leave it empty for the default")
+    return errors
+
+
 class Settings:
-    """The server's settings, from the environment; `serve_model.py` checks them before starting."""
+    """The server's settings, from the environment, checked by settings_errors."""
 
     def __init__(self, environ=os.environ):
         self.model_path = environ["SCORING_MODEL_PATH"]
-        self.max_request_bytes = int(float(environ.get("SERVE_MAX_REQUEST_MB") or 32) * 1024 * 1024)
-        self.timeout = float(environ.get("SERVE_TIMEOUT") or 60)
+        self.max_request_bytes = int(number(environ, "SERVE_MAX_REQUEST_MB") * 1024 * 1024)
+        self.timeout = number(environ, "SERVE_TIMEOUT")
         extra = [h.strip() for h in (environ.get("SERVE_ALLOWED_HOSTS") or "").split(",") if h.strip()]
         self.allowed_hosts = DEFAULT_ALLOWED_HOSTS + extra
 

@@ -21,6 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.scoring_server import get_cmd
 from mlflow.tracking import MlflowClient
 
+from scoring_app import number, settings_errors
+
 
 CHAMPION = "champion"
 
@@ -50,29 +52,9 @@ def resolve(model_uri, client):
     return f"{prefix}{name}/{max(int(v.version) for v in versions)}", "the latest version"
 
 
-SERVERS = ("devstack", "mlflow")
-
-
-def settings_errors(environ):
-    """One line per SERVE_* setting that cannot work, naming it and what it takes."""
-    errors = []
-    if (environ.get("SERVE_SERVER") or "devstack") not in SERVERS:
-        errors.append(f"SERVE_SERVER={environ['SERVE_SERVER']}: use one of {', '.join(SERVERS)}")
-    for name, kind in (("SERVE_WORKERS", int), ("SERVE_MAX_REQUEST_MB", float), ("SERVE_TIMEOUT", float)):
-        value = environ.get(name) or ""
-        try:
-            ok = not value or kind(value) > 0
-        except ValueError:
-            ok = False
-        if not ok:
-            errors.append(f"{name}={value}: use a positive {'whole ' if kind is int else ''}number, "
-                          "or leave it empty for the default")
-    return errors
-
-
 def server_command(model_path, host, port, environ):
     """argv and environment of the scoring server SERVE_SERVER names, on a local model folder."""
-    workers = int(environ.get("SERVE_WORKERS") or len(os.sched_getaffinity(0)))
+    workers = number(environ, "SERVE_WORKERS") or len(os.sched_getaffinity(0))
     # No access log: the healthcheck asks for /ping every 2 s, and the log would show little else.
     if environ.get("SERVE_SERVER") == "mlflow":
         command, env = get_cmd(model_uri=model_path, host=host, port=port, nworkers=workers,
