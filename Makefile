@@ -58,6 +58,7 @@ IMAGE ?=
 URL ?=
 PROJECT ?= workspace
 NAME ?=
+DIR ?=
 PROJECT_VERSION ?=
 ALPHAS ?=
 L1_RATIOS ?=
@@ -207,6 +208,15 @@ user: ## Create a team login with a generated password: make user NAME=alice TEA
 .PHONY: copy-to-team
 copy-to-team: ## Copy the local stack's runs and models (./mlruns) into team mode: make copy-to-team TEAM=1
 	@tools/copy-to-team '$(IMAGE_PREFIX)/dev:$(IMAGE_TAG)'
+
+.PHONY: backup
+backup: ## Back up the database and the bucket into a new folder: make backup TEAM=1 [DIR=backups/<name>]
+	@tools/team-backup backup '$(DIR)'
+
+.PHONY: restore
+restore: ## Replace the database and the bucket with a backup's: make restore TEAM=1 DIR=backups/<name> (asks first)
+	@CONFIRM='$(CONFIRM)' tools/team-backup restore '$(DIR)'
+	@$(MAKE) --no-print-directory up
 
 ##@ Development
 .PHONY: test

@@ -339,6 +339,53 @@ def test_down_and_up_keep_runs_models_and_the_bucket(team, team_run):
     assert loaded.stdout.strip().endswith("ok")
 
 
+def empty_bucket(stack):
+    """Deletes every object in the team bucket, as an accident would."""
+    in_dev(stack, f"""
+        import boto3
+        bucket = boto3.resource("s3", endpoint_url="http://storage:3900", region_name="garage",
+                                aws_access_key_id={stack.secret("s3_key_id")!r},
+                                aws_secret_access_key={stack.secret("s3_secret_key")!r}).Bucket("mlflow")
+        bucket.objects.all().delete()
+    """)
+
+
+def test_backup_and_restore_bring_back_runs_models_logins_and_artifacts(team, team_run):
+    run_id, version = team_run
+    backup = team.root / "backups" / "before"
+    team.make("backup", f"DIR={backup}", timeout=900)
+    assert sorted(path.name for path in backup.iterdir()) == ["mlflow.sql", "mlflow_auth.sql", "secrets.sha256",
+                                                              "storage.tgz"]
+    assert backup.stat().st_mode & 0o077 == 0
+    keys = bucket_keys(team)
+    assert keys  # storage came back after the copy of its volumes
+    later_run, _ = team.train("ALPHA=0.9", "L1=0.9")
+    empty_bucket(team)
+    assert bucket_keys(team) == []
+
+    # A backup bound to other secrets is refused before anything stops.
+    other = team.root / "backups" / "other-machine"
+    other.mkdir()
+    for path in backup.iterdir():
+        (other / path.name).write_bytes(path.read_bytes())
+    (other / "secrets.sha256").write_text((backup / "secrets.sha256").read_text().replace("0", "1"))
+    refused = team.make("restore", f"DIR={other}", "CONFIRM=yes", check=False)
+    assert refused.returncode != 0 and "made with other secrets" in refused.stderr
+    assert container_state(team.container_of("tracking-a")) == "running/healthy"
+
+    team.make("restore", f"DIR={backup}", "CONFIRM=yes", timeout=1800)
+    assert bucket_keys(team) == keys
+    assert psql(team, f"SELECT status FROM runs WHERE run_uuid = '{run_id}'") == "FINISHED"
+    assert psql(team, f"SELECT count(*) FROM runs WHERE run_uuid = '{later_run}'") == "0"
+    assert api(team, "/api/2.0/mlflow/experiments/search?max_results=1", auth=admin(team)).status_code == 200
+    loaded = in_dev(team, f"""
+        import mlflow
+        mlflow.pyfunc.load_model("models:/wine-quality/{version}")
+        print("ok")
+    """)
+    assert loaded.stdout.strip().endswith("ok")
+
+
 def test_team_commands_refuse_outside_team_mode(team):
     result = team.make("copy-to-team", "TEAM=", check=False)
     assert result.returncode != 0 and "TEAM=1" in result.stderr

@@ -109,6 +109,7 @@ def test_no_password_is_in_the_team_configuration(team_config, team_folder):
 @pytest.mark.parametrize("command, message", [
     (["team-user", "alice"], "users exist in team mode only"),
     (["copy-to-team", "some/image:tag"], "make copy-to-team TEAM=1"),
+    (["team-backup", "backup", ""], "make backup TEAM=1"),
 ])
 def test_team_commands_outside_team_mode_say_how_in_one_line(command, message):
     env = {k: v for k, v in os.environ.items() if k != "TEAM"}
@@ -164,3 +165,11 @@ def test_local_artifacts_are_found_under_mlruns_and_other_stores_refused():
         == "/mlruns/artifacts/2/models/m-1/artifacts"
     with pytest.raises(ValueError, match="not the local stack's"):
         copy_to_team.local_artifacts("/mlruns", "s3://bucket/1/abc/artifacts")
+
+
+def test_restore_refuses_a_folder_that_is_not_a_backup_before_touching_anything(tmp_path):
+    (tmp_path / "mlflow.sql").write_text("")
+    result = subprocess.run([str(TOOLS / "team-backup"), "restore", str(tmp_path)], capture_output=True, text=True,
+                            env=dict(os.environ, TEAM="1", COMPOSE="false"))  # a Compose that does nothing
+    assert result.returncode == 1
+    assert result.stderr == f"error: {tmp_path} is not a backup of make backup: mlflow_auth.sql is missing\n"
