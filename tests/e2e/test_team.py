@@ -226,9 +226,15 @@ def test_a_created_user_can_log_a_run(team, team_run):
                          timeout=60).status_code == 401
 
 
-def test_make_serve_and_make_package_work_in_team_mode(team, team_run):
+def test_make_promote_serve_and_package_work_in_team_mode(team, team_run):
     _, version = team_run
-    team.make("serve", f"MODEL=models:/wine-quality/{version}", timeout=900)
+    promoted = team.make("promote", f"VERSION={version}", timeout=300).stdout
+    assert f"@champion: wine-quality version {version}" in promoted
+    alias = api(team, "/api/2.0/mlflow/registered-models/alias", auth=admin(team),
+                params={"name": "wine-quality", "alias": "champion"})
+    assert alias.json()["model_version"]["version"] == version
+    served = team.make("serve", timeout=900).stdout
+    assert f"serving models:/wine-quality/{version} (@champion)" in served
     served = team.make("predict")
     assert re.search(r"^\d+ predictions from ", served.stdout, re.M), served.stdout
     image = f"team-test-model:{team.project[-8:]}"
