@@ -65,19 +65,21 @@ def psql(stack, query):
     return result.stdout.strip()
 
 
-def bucket_keys(stack):
-    """Every object key in the team bucket, listed with an S3 client (boto3) inside the network."""
-    script = f"""
+def in_bucket(stack, script):
+    """Runs script in the dev container with `bucket`, the team bucket through boto3 (an S3 client
+    inside the network), and `json` at hand."""
+    setup = f"""
         import boto3, json
-        s3 = boto3.client("s3", endpoint_url="http://storage:3900", region_name="garage",
-                          aws_access_key_id={stack.secret("s3_key_id")!r},
-                          aws_secret_access_key={stack.secret("s3_secret_key")!r})
-        keys = []
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow"):
-            keys += [item["Key"] for item in page.get("Contents", [])]
-        print(json.dumps(keys))
+        bucket = boto3.resource("s3", endpoint_url="http://storage:3900", region_name="garage",
+                                aws_access_key_id={stack.secret("s3_key_id")!r},
+                                aws_secret_access_key={stack.secret("s3_secret_key")!r}).Bucket("mlflow")
     """
-    return json.loads(in_dev(stack, script).stdout)
+    return in_dev(stack, textwrap.dedent(setup) + textwrap.dedent(script))
+
+
+def bucket_keys(stack):
+    """Every object key in the team bucket, in S3's listing order."""
+    return json.loads(in_bucket(stack, "print(json.dumps([item.key for item in bucket.objects.all()]))").stdout)
 
 
 def container_state(container):
@@ -347,13 +349,7 @@ def test_down_and_up_keep_runs_models_and_the_bucket(team, team_run):
 
 def empty_bucket(stack):
     """Deletes every object in the team bucket, as an accident would."""
-    in_dev(stack, f"""
-        import boto3
-        bucket = boto3.resource("s3", endpoint_url="http://storage:3900", region_name="garage",
-                                aws_access_key_id={stack.secret("s3_key_id")!r},
-                                aws_secret_access_key={stack.secret("s3_secret_key")!r}).Bucket("mlflow")
-        bucket.objects.all().delete()
-    """)
+    in_bucket(stack, "bucket.objects.all().delete()")
 
 
 def test_backup_and_restore_bring_back_runs_models_logins_and_artifacts(team, team_run):

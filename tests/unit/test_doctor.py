@@ -19,8 +19,8 @@ LOCAL_BASE_IMAGE = "mlflow-devstack-base:bookworm"
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 
 # Answers as Docker 20.10 does. FAKE_DAEMON: up, down or denied; FAKE_IMAGES: the images present;
-# FAKE_STATE_<service> (dashes as underscores): that service's container state (status/health); FAKE_PORT_<service>: the
-# host port it publishes. Every call is logged to $FAKE_LOG.
+# FAKE_STATE_<service> (dashes as underscores): that service's container state (status/health);
+# FAKE_PORT_<service>: the host port it publishes. Every call is logged to $FAKE_LOG.
 FAKE_DOCKER = r"""#!/usr/bin/env bash
 echo "$*" >>"$FAKE_LOG"
 case $1 in
