@@ -20,9 +20,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.scoring_server import get_cmd
 from mlflow.tracking import MlflowClient
-
 from scoring_app import number, settings_errors
-
 
 CHAMPION = "champion"
 
@@ -84,19 +82,35 @@ def fetch(model_uri, destination):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="serve_model.py", description=__doc__)
-    parser.add_argument("--model-uri", default=os.environ.get("MODEL_URI", "models:/wine-quality"))
+    # compose.yaml sets MODEL_URI from .env (${MODEL_URI:?}): no second default here.
+    parser.add_argument("--model-uri", default=os.environ.get("MODEL_URI"))
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", default="8080")
     parser.add_argument("--download-to", metavar="DIR",
                         help="only download the model into DIR and print what was picked (make package)")
+    parser.add_argument("--check", action="store_true",
+                        help="only resolve, download and load the model, then exit: 0 if it can be served "
+                             "(make serve, before it replaces a running server)")
     args = parser.parse_args(argv)
     errors = settings_errors(os.environ)
     if errors:
         print("\n".join(f"serve: {e}" for e in errors), file=sys.stderr)
         return 2
+    if not args.model_uri and not os.environ.get("MODEL_PATH"):
+        print("serve: MODEL_URI is not set: run the server with make serve (it sets it from .env), "
+              "or give --model-uri", file=sys.stderr)
+        return 2
     if args.download_to:
         _, picked = fetch(args.model_uri, args.download_to)
         print(picked)
+        return 0
+    if args.check:
+        local_path, picked = fetch(args.model_uri, tempfile.mkdtemp(prefix="model-"))
+        try:
+            mlflow.pyfunc.load_model(local_path)
+        except Exception as error:  # any reason the server could not load it
+            sys.exit(f"serve: cannot load {args.model_uri}: {str(error).splitlines()[0] if str(error) else error!r}")
+        print(f"serve: {picked} can be served")
         return 0
     if os.environ.get("MODEL_PATH"):  # a packaged image: the model is baked in, no tracking server
         local_path, picked = os.environ["MODEL_PATH"], os.environ.get("PACKAGED_MODEL_URI", "baked in")
