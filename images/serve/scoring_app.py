@@ -17,18 +17,17 @@ import logging
 import os
 import warnings
 
+import mlflow
 import numpy as np
 import orjson
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 from mlflow.types.schema import ColSpec, DataType
 from mlflow.version import VERSION
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 logger = logging.getLogger("scoring")
 
@@ -159,7 +158,7 @@ class FastPath:
                     raise NotFast
                 return [list(row) for row in zip(*(data[name] for name in names))]
         except (KeyError, ValueError, TypeError, AttributeError):
-            raise NotFast
+            raise NotFast from None
         raise NotFast
 
     def features(self, rows):
@@ -186,7 +185,7 @@ class FastPath:
         try:
             predictions = self.predict(X)
         except Exception:
-            raise NotFast  # MLflow's path gives the stock error for it
+            raise NotFast from None  # MLflow's path gives the stock error for it
         if (type(predictions) is not np.ndarray or predictions.dtype.kind not in "fiub"
                 or (predictions.dtype.kind == "f" and not np.isfinite(predictions).all())):
             raise NotFast  # NaN, infinities, labels: serialized as MLflow does
@@ -216,7 +215,8 @@ def linear_arithmetic(estimator, predict, width):
     probe = np.random.default_rng(0).normal(scale=100, size=(16, width))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        same = np.array_equal(arithmetic(probe), predict(probe)) and np.array_equal(arithmetic(probe[:1]), predict(probe[:1]))
+        same = (np.array_equal(arithmetic(probe), predict(probe))
+                and np.array_equal(arithmetic(probe[:1]), predict(probe[:1])))
     return arithmetic if same else None
 
 
