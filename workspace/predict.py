@@ -15,8 +15,7 @@ import sys
 
 import pandas as pd
 import requests
-
-from wine_data import DataError, TARGET, load_wine_data
+from wine_data import TARGET, DataError, load_wine_data
 
 DEFAULT_URL = "http://127.0.0.1:5001/invocations"
 

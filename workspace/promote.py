@@ -15,7 +15,6 @@ import mlflow
 import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-
 from train import DEFAULT_NAME, EXIT_FAILURE, OneLineParser, check_tracking_server
 
 DEFAULT_ALIAS = "champion"

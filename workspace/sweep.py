@@ -18,8 +18,7 @@ import json
 import math
 import sys
 
-from train import (DEFAULT_NAME, EXIT_FAILURE, OneLineParser, check_tracking_server, log_training,
-                   train_model)
+from train import DEFAULT_NAME, EXIT_FAILURE, OneLineParser, check_tracking_server, log_training, train_model
 
 DEFAULT_ALPHAS = (0.0001, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
 DEFAULT_L1_RATIOS = (0.1, 0.5, 0.9)
@@ -96,7 +95,7 @@ def open_study(experiment, name, grid=None):
     storage = MlflowStorage(experiment_id=mlflow.set_experiment(experiment).experiment_id)
     if grid is None:
         return optuna.load_study(study_name=name, storage=storage), storage
-    alphas, l1_ratios = sorted({a for a, _ in grid}), sorted({l for _, l in grid})
+    alphas, l1_ratios = sorted({a for a, _ in grid}), sorted({ratio for _, ratio in grid})
     sampler = optuna.samplers.GridSampler({"alpha": alphas, "l1_ratio": l1_ratios})
     # MlflowStorage creates a new study run for every create_study, even of a name that exists
     # (load_if_exists has no effect there): look for the study first.

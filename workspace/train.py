@@ -21,7 +21,6 @@ from mlflow.models import infer_signature
 from sklearn.linear_model import ElasticNet
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sklearn.model_selection import train_test_split
-
 from wine_data import DataError, features_and_target, load_wine_data
 
 DEFAULT_ALPHA = 0.5
