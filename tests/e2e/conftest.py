@@ -1,4 +1,4 @@
-"""The real Compose stack, driven through the Makefile as users drive it (see tests/stack.py).
+"""The real Compose stack, driven through the Makefile as users drive it (see tests/support/stack.py).
 
 Compose logs are printed if any test failed, and containers, network and volume are removed
 afterwards, whatever happened. Without Docker the layer is skipped, except under CI (CI=true),
@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from stack import Stack, docker_problem, running
+from tests.support.stack import Stack, docker_problem, running
 
 
 @pytest.fixture(scope="session")

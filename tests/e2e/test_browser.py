@@ -7,7 +7,7 @@ import re
 import pytest
 from mlflow.tracking import MlflowClient
 
-from browser import chromium_path, dump_dom, screenshot, visible_text
+from tests.support.browser import chromium_path, dump_dom, screenshot, visible_text
 
 # What only MLflow's GenAI view shows.
 GENAI_ONLY = ("Observability", "Training runs", "Detect Issues")

@@ -10,9 +10,9 @@ import uuid
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
-
-from helpers import background_process, free_port
 from wine_data import features_and_target, load_wine_data
+
+from tests.support.helpers import background_process, free_port
 
 ROWS, _ = features_and_target(load_wine_data().head(5))
 BODY = {"dataframe_split": json.loads(ROWS.to_json(orient="split", index=False))}
@@ -119,8 +119,10 @@ def test_package_refuses_bad_input_in_one_line_and_builds_nothing(stack, two_ver
                                                               text=True).stdout)
 
 
-def sweep_label(stack):
-    return f"label=com.mlflow-devstack.sweep={stack.project}"
+def sweep_workers(stack):
+    """docker ps filters for the stack's sweep workers (the sweep-worker service's one-off containers)."""
+    return ["--filter", f"label=com.docker.compose.project={stack.project}",
+            "--filter", "label=com.docker.compose.service=sweep-worker"]
 
 
 def trials_of(stack, output):
@@ -141,7 +143,7 @@ def test_sweep_runs_each_point_once_in_parallel_containers(stack, trained_run):
     result = stack.make("sweep", "ALPHAS=0.01,0.1,1.0", "L1_RATIOS=0.2,0.8", "PARALLEL=2", "PROMOTE=yes",
                         timeout=1800)
     _, children = trials_of(stack, result.stdout)
-    assert sorted(point(run) for run in children) == sorted((a, l) for a in (0.01, 0.1, 1.0) for l in (0.2, 0.8))
+    assert sorted(point(run) for run in children) == sorted((a, r) for a in (0.01, 0.1, 1.0) for r in (0.2, 0.8))
     assert {run.info.status for run in children} == {"FINISHED"}
     spans = [(run.info.start_time, run.info.end_time) for run in children]
     assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:]), spans
@@ -154,7 +156,7 @@ def test_sweep_runs_each_point_once_in_parallel_containers(stack, trained_run):
     assert client.get_run(champion.run_id).data.metrics["rmse"] == best
     # "@champion: ... version N, was ..." or "@champion already on ... version N" (an earlier run may be best)
     assert re.search(rf"^@champion.* wine-quality version {champion.version} ", result.stdout, re.M), result.stdout
-    assert subprocess.run(["docker", "ps", "-aq", "--filter", sweep_label(stack)], capture_output=True,
+    assert subprocess.run(["docker", "ps", "-aq", *sweep_workers(stack)], capture_output=True,
                           text=True).stdout == ""
 
 
@@ -165,7 +167,7 @@ def test_a_sweep_whose_worker_died_is_completed_by_a_rerun(stack, trained_run):
     try:
         victim = None
         for _ in range(600):  # until one worker has finished a trial (it has two more to go)
-            workers = subprocess.run(["docker", "ps", "-q", "--filter", sweep_label(stack)],
+            workers = subprocess.run(["docker", "ps", "-q", *sweep_workers(stack)],
                                      capture_output=True, text=True).stdout.split()
             for worker in workers:
                 logs = subprocess.run(["docker", "logs", worker], capture_output=True, text=True)
@@ -185,7 +187,7 @@ def test_a_sweep_whose_worker_died_is_completed_by_a_rerun(stack, trained_run):
     second = stack.make("sweep", *grid, timeout=1800)
     _, children = trials_of(stack, second.stdout)
     finished = [point(run) for run in children if run.info.status == "FINISHED"]
-    assert sorted(finished) == sorted((a, l) for a in (0.02, 0.2) for l in (0.3, 0.6, 0.9))
+    assert sorted(finished) == sorted((a, r) for a in (0.02, 0.2) for r in (0.3, 0.6, 0.9))
 
 
 @pytest.mark.parametrize("arguments,message", [
@@ -197,7 +199,7 @@ def test_a_bad_sweep_is_one_line_and_starts_no_container(stack, arguments, messa
     result = stack.make("sweep", *arguments, check=False, timeout=300)
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
-    assert subprocess.run(["docker", "ps", "-aq", "--filter", sweep_label(stack)], capture_output=True,
+    assert subprocess.run(["docker", "ps", "-aq", *sweep_workers(stack)], capture_output=True,
                           text=True).stdout == ""
 
 
@@ -256,4 +258,5 @@ def test_make_project_with_the_stack_down_says_to_start_it(stack):
     result = subprocess.run(stack.as_user(["make", "--no-print-directory", "project"]), cwd=stack.root, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
-    assert result.stderr.splitlines()[0] == "error: the tracking container is not running: start the stack with 'make up'"
+    assert result.stderr.splitlines()[0] == ("error: the tracking container is not running: start the stack with "
+                                             "'make up'")

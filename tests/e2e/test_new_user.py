@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import SSH_BATCH, free_port
-from stack import PORT_VARIABLES, Stack, base_env, running
+from tests.support.helpers import SSH_BATCH, free_port
+from tests.support.stack import PORT_VARIABLES, Stack, base_env, running
 
 OTHER_USER = "devstack-e2e"
 

@@ -9,7 +9,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from helpers import ROOT, SSH_BATCH
+from tests.support.helpers import ROOT, SSH_BATCH
 
 
 def ssh_command(stack, *options, user="mlflow"):
@@ -116,10 +116,21 @@ def test_train_with_a_bad_alpha_is_one_clear_error(stack):
     assert "Traceback" not in result.stderr
 
 
-def test_serve_of_a_missing_model_says_so(stack, trained_run):
+def test_serve_of_a_missing_model_says_so_and_leaves_the_running_server_as_it_was(stack, served):
+    rows = {"dataframe_split": {"columns": ["fixed acidity", "volatile acidity", "citric acid", "residual sugar",
+                                            "chlorides", "free sulfur dioxide", "total sulfur dioxide", "density",
+                                            "pH", "sulphates", "alcohol"],
+                                "data": [[7.4, 0.7, 0, 1.9, 0.076, 11, 34, 0.9978, 3.51, 0.56, 9.4]]}}
+    before = requests.post(served, json=rows, timeout=60).json()
+    container = stack.container_of("serve")
     result = stack.make("serve", "MODEL=models:/no-such-model/1", check=False, timeout=600)
     assert result.returncode != 0
-    assert "cannot load models:/no-such-model/1" in result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("make")]
+    assert len(lines) == 1, result.stderr
+    assert "cannot load models:/no-such-model/1" in lines[0] and "unchanged" in lines[0]
+    assert stack.container_of("serve") == container  # not replaced
+    assert requests.get(served.replace("/invocations", "/ping"), timeout=30).status_code == 200
+    assert requests.post(served, json=rows, timeout=60).json() == before
 
 
 def test_serve_on_a_busy_port_says_so(stack):

@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from helpers import VENV_BIN
-from stack import Stack, running
+from tests.support.helpers import VENV_BIN
+from tests.support.stack import Stack, running
 
 SERVICES = ("tracking", "tracking-a", "tracking-b", "postgres", "storage", "dev")
 
@@ -45,7 +45,8 @@ def in_dev(stack, script, timeout=600):
 
 def in_dev_background(stack, script):
     """Starts a Python script in the dev container; its stdin stays free for the test to talk to it."""
-    return subprocess.Popen(["docker", "exec", "-i", stack.container_of("dev"), "python", "-c", textwrap.dedent(script)],
+    dev = stack.container_of("dev")
+    return subprocess.Popen(["docker", "exec", "-i", dev, "python", "-c", textwrap.dedent(script)],
                             text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -83,7 +84,8 @@ def bucket_keys(stack):
 
 
 def container_state(container):
-    return subprocess.run(["docker", "inspect", "-f", "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}",
+    status = "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}"
+    return subprocess.run(["docker", "inspect", "-f", status,
                            container], capture_output=True, text=True).stdout.strip()
 
 
@@ -96,7 +98,8 @@ def team_run(team):
 def test_every_service_is_healthy_and_migrations_ran_once(team):
     for service in SERVICES:
         assert container_state(team.container_of(service)) == "running/healthy", service
-    migrate = subprocess.run(["docker", "ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={team.project}",
+    project = f"label=com.docker.compose.project={team.project}"
+    migrate = subprocess.run(["docker", "ps", "-a", "-q", "--filter", project,
                               "--filter", "label=com.docker.compose.service=tracking-migrate"],
                              capture_output=True, text=True, check=True).stdout.split()
     assert len(migrate) == 1

@@ -8,7 +8,15 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from helpers import VENV_BIN, background_process, free_port, printed_run, run_python, scoring_server, tool_env
+from tests.support.helpers import (
+    VENV_BIN,
+    background_process,
+    free_port,
+    printed_run,
+    run_python,
+    scoring_server,
+    tool_env,
+)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""tools/copy_to_team.py between real tracking servers on 127.0.0.1: the session's server plays the
+"""images/dev/copy_to_team.py between real tracking servers on 127.0.0.1: the session's server plays the
 local stack (its SQLite file and artifact folder are the ./mlruns the tool reads), a second, empty
 server plays team mode."""
 
@@ -8,11 +8,11 @@ import subprocess
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
-
-from helpers import ROOT, VENV_BIN, background_process, free_port, tool_env
 from wine_data import load_wine_data
 
-COPY = [str(VENV_BIN / "python"), str(ROOT / "tools" / "copy_to_team.py")]
+from tests.support.helpers import ROOT, VENV_BIN, background_process, free_port, tool_env
+
+COPY = [str(VENV_BIN / "python"), str(ROOT / "images" / "dev" / "copy_to_team.py")]
 
 
 @pytest.fixture(scope="module")

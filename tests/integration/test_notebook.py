@@ -4,7 +4,7 @@ import nbformat
 from mlflow.tracking import MlflowClient
 from nbclient import NotebookClient
 
-from helpers import WORKSPACE
+from tests.support.helpers import WORKSPACE
 
 
 def test_notebook_executes_and_logs_its_runs(tracking_server, client_env, monkeypatch):

@@ -1,10 +1,10 @@
 """promote.py against a real tracking server, and what `make serve` then resolves to."""
 
 import pytest
+import serve_model
 from mlflow.tracking import MlflowClient
 
-import serve_model
-from helpers import run_python
+from tests.support.helpers import run_python
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,13 @@
 
 import json
 
+import predict
 import pytest
 import requests
-
-import predict
 import train
-from helpers import run_python, tool_env
 from wine_data import features_and_target, load_wine_data
+
+from tests.support.helpers import run_python, tool_env
 
 
 @pytest.fixture(scope="module")

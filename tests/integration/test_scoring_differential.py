@@ -1,13 +1,12 @@
 """Differential tests: every request of a corpus goes to stock MLflow scoring and to the stack's,
 on the same model. Same status class, predictions equal to 1e-9; the deliberate differences are
-the ones the README lists, each asserted here."""
+the ones docs/serving.md lists, each asserted here."""
 
 import json
 
 import pandas as pd
 import pytest
 import requests
-
 from wine_data import features_and_target, load_wine_data
 
 JSON = "application/json"
@@ -149,7 +148,7 @@ def test_the_corpus_reaches_both_paths(devstack_server, stock_server):
     assert statuses["wrong content type"] == 415
 
 
-# Deliberate differences (README, "Scoring server"), each pinned down.
+# Deliberate differences (docs/serving.md, "Scoring server"), each pinned down.
 
 TUTORIAL_CURL_BODY = (b'{"columns":["alcohol", "chlorides", "citric acid", "density", "fixed acidity", '
                       b'"free sulfur dioxide", "pH", "residual sugar", "sulphates", "total sulfur dioxide", '

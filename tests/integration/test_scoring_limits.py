@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import requests
 
-from helpers import scoring_server
+from tests.support.helpers import scoring_server
 
 SLOW_MODEL = textwrap.dedent("""
     import time

@@ -7,6 +7,7 @@ import json
 import mlflow
 import numpy as np
 import pytest
+import scoring_app
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.pyfunc import scoring_server
@@ -15,9 +16,7 @@ from sklearn.linear_model import ElasticNet, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeRegressor
-
-import scoring_app
-from test_scoring_differential import CORPUS
+from tests.integration.test_scoring_differential import CORPUS
 from wine_data import features_and_target, load_wine_data
 
 X, Y = features_and_target(load_wine_data())

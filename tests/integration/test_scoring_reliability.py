@@ -13,9 +13,9 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from helpers import scoring_server, worker_pids, wrk
 from wine_data import features_and_target, load_wine_data
+
+from tests.support.helpers import scoring_server, worker_pids, wrk
 
 INPUTS, _ = features_and_target(load_wine_data().head(3))
 NAMES = list(INPUTS.columns)

@@ -6,9 +6,9 @@ import sys
 import mlflow
 import pytest
 import requests
-
-from helpers import ROOT, background_process, free_port, run_python, worker_pids
 from wine_data import features_and_target, load_wine_data
+
+from tests.support.helpers import ROOT, background_process, free_port, run_python, worker_pids
 
 SERVE_MODEL = ROOT / "images" / "serve" / "serve_model.py"
 
@@ -54,3 +54,24 @@ def test_a_bad_setting_is_one_line_naming_it(client_env, setting, value):
     assert result.returncode == 2
     assert result.stderr.startswith(f"serve: {setting}={value}: ")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_check_loads_the_model_and_exits_without_serving(client_env, trained):
+    result = run_python(SERVE_MODEL, "--model-uri", trained.model_uri, "--check", env=client_env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("can be served")
+
+
+def test_check_of_a_missing_model_fails_in_one_line(client_env, trained):
+    result = run_python(SERVE_MODEL, "--model-uri", "models:/wine-quality/999", "--check", env=client_env,
+                        timeout=300)
+    assert result.returncode == 1
+    assert "cannot load models:/wine-quality/999" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_without_a_model_uri_it_says_what_sets_it(client_env):
+    env = {key: value for key, value in client_env.items() if key != "MODEL_URI"}
+    result = run_python(SERVE_MODEL, env=env, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == ("serve: MODEL_URI is not set: run the server with make serve (it sets it from .env), "
+                             "or give --model-uri\n")

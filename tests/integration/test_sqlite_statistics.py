@@ -1,4 +1,4 @@
-"""images/tracking/sqlite-plan-statistics on a real MLflow SQLite database: with its statistics,
+"""images/tracking/bin/sqlite-plan-statistics on a real MLflow SQLite database: with its statistics,
 SQLite indexes the metric sub-query of a run search instead of scanning it once per run."""
 
 import sqlite3
@@ -10,9 +10,9 @@ from mlflow.entities import Metric, ViewType
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from sqlalchemy import event
 
-from helpers import ROOT
+from tests.support.helpers import ROOT
 
-SCRIPT = ROOT / "images" / "tracking" / "sqlite-plan-statistics"
+SCRIPT = ROOT / "images" / "tracking" / "bin" / "sqlite-plan-statistics"
 
 
 @pytest.fixture

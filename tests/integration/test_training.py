@@ -5,12 +5,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import train
 import yaml
 from mlflow.tracking import MlflowClient
-
-import train
-from helpers import printed_run, run_python
 from wine_data import features_and_target, load_wine_data
+
+from tests.support.helpers import printed_run, run_python
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from mlflow.projects._project_spec import load_project
 
-from helpers import WORKSPACE
+from tests.support.helpers import WORKSPACE
 
 
 def test_the_project_runs_train_py_in_a_docker_env_on_the_dev_image():

@@ -1,12 +1,12 @@
-import json
 import http.server
+import json
 import threading
 
-import pytest
-
 import predict
-from helpers import free_port
+import pytest
 from wine_data import TARGET, load_wine_data
+
+from tests.support.helpers import free_port
 
 
 def test_payload_is_dataframe_split_without_quality():

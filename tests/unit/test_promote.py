@@ -2,9 +2,8 @@
 
 import math
 
-import pytest
-
 import promote
+import pytest
 
 
 def test_the_lowest_score_wins():

@@ -1,7 +1,6 @@
 """sweep.py's grid: checked before anything starts, split among workers, named for resuming."""
 
 import pytest
-
 import sweep
 
 

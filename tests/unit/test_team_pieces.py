@@ -7,30 +7,47 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import textwrap
 from secrets import token_hex
 
+import copy_to_team
 import pytest
 
-from helpers import ROOT
-from stack import compose_config
+import devstack.images
+import devstack.secrets
+from devstack.settings import load
+from tests.support.helpers import ROOT
+from tests.support.stack import compose_config
 
-sys.path.insert(0, str(ROOT / "tools"))
-import copy_to_team  # noqa: E402
-
-TOOLS = ROOT / "tools"
 TEAM_SECRETS = ("postgres_password", "garage_rpc_secret", "garage_admin_token", "s3_key_id", "s3_secret_key",
                 "mlflow_admin_password", "mlflow_flask_secret", "mlflow_credentials")
 
 
+def checkout(folder, *names):
+    """folder with a copy of the repository's .env (and of the named files): a checkout to load."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (".env", *names):
+        (folder / name).write_bytes((ROOT / name).read_bytes())
+    return folder
+
+
+def settings_of(folder, **values):
+    """The settings of folder with values on top, and nothing from this shell (its TEAM, say)."""
+    return load(folder, environ={}, overrides=values, compose=["docker", "compose"])
+
+
 def make_secrets(folder, team):
-    env = dict(os.environ, SSH_PORT="2222", APP_UID=str(os.getuid() or 1000), APP_GID=str(os.getgid() or 1000))
-    env.pop("TEAM", None)
-    if team:
-        env["TEAM"] = "1"
-    subprocess.run([str(TOOLS / "make-secrets")], cwd=folder, env=env, check=True, capture_output=True)
+    devstack.secrets.make_secrets(settings_of(checkout(folder), SSH_PORT="2222", **({"TEAM": "1"} if team else {})))
     return folder / ".secrets"
+
+
+def devstack_cli(folder, *words, **env):
+    """`python3 -m devstack -C folder words...` with this shell's environment, without TEAM, plus env.
+    COMPOSE is set so that no Compose is looked for: the refusals come before any is run."""
+    environment = {k: v for k, v in os.environ.items() if k != "TEAM"}
+    environment.update(PYTHONPATH=str(ROOT), COMPOSE="false", **env)
+    return subprocess.run(["python3", "-m", "devstack", "-C", str(folder), *words], capture_output=True, text=True,
+                          env=environment, cwd=folder, timeout=120)
 
 
 def test_team_secrets_are_made_only_for_team_mode_in_garages_formats(tmp_path):
@@ -73,8 +90,11 @@ def team_config(team_folder):
 
 
 def test_team_mode_publishes_only_the_proxy_and_the_dev_container_on_loopback(team_config):
-    assert set(team_config) == {"tracking", "tracking-a", "tracking-b", "tracking-migrate", "postgres", "storage",
-                                "dev", "serve"}
+    # The one-off jobs (profile "jobs": make sweep's workers, copy-to-team, ...) are not started by
+    # make up; Compose v1's config lists them anyway. They publish nothing either (checked below).
+    started = {name for name, service in team_config.items() if "jobs" not in (service.get("profiles") or [])}
+    assert started == {"tracking", "tracking-a", "tracking-b", "tracking-migrate", "postgres", "storage", "dev",
+                       "serve"}
     published = {name: service.get("ports", []) for name, service in team_config.items() if service.get("ports")}
     assert set(published) == {"tracking", "dev", "serve"}
     for ports in published.values():
@@ -107,26 +127,25 @@ def test_no_password_is_in_the_team_configuration(team_config, team_folder):
 
 
 @pytest.mark.parametrize("command, message", [
-    (["team-user", "alice"], "users exist in team mode only"),
-    (["copy-to-team", "some/image:tag"], "make copy-to-team TEAM=1"),
-    (["team-backup", "backup", ""], "make backup TEAM=1"),
+    (["user", "NAME=alice"], "users exist in team mode only"),
+    (["copy-to-team"], "make copy-to-team TEAM=1"),
+    (["backup"], "make backup TEAM=1"),
+    (["restore", "DIR=backups/some"], "make restore TEAM=1"),
 ])
-def test_team_commands_outside_team_mode_say_how_in_one_line(command, message):
-    env = {k: v for k, v in os.environ.items() if k != "TEAM"}
-    result = subprocess.run([str(TOOLS / command[0]), *command[1:]], capture_output=True, text=True, env=env)
+def test_team_commands_outside_team_mode_say_how_in_one_line(tmp_path, command, message):
+    result = devstack_cli(checkout(tmp_path), *command)
     assert result.returncode == 2
     assert message in result.stderr and result.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("name", ["", "two words", "semi;colon", "quote'd", "x" * 65, "-leading-dash"])
-def test_make_user_refuses_a_bad_name_in_one_line(name):
-    result = subprocess.run([str(TOOLS / "team-user"), name], capture_output=True, text=True,
-                            env=dict(os.environ, TEAM="1", HOST_ADDRESS="127.0.0.1", TRACKING_PORT="9"))
+def test_make_user_refuses_a_bad_name_in_one_line(tmp_path, name):
+    result = devstack_cli(checkout(tmp_path), "user", f"NAME={name}", TEAM="1", TRACKING_PORT="9")
     assert result.returncode == 2
     assert "is not a user name" in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_garage_image_uses_the_registry_image_else_builds_from_crates_once(tmp_path):
+def test_garage_image_uses_the_registry_image_else_builds_from_crates_once(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (tmp_path / "images").write_text("")
@@ -139,23 +158,22 @@ def test_garage_image_uses_the_registry_image_else_builds_from_crates_once(tmp_p
         esac
         """))
     (bin_dir / "docker").chmod(0o755)
-    # Its own lock file: a real build elsewhere on this machine (CI starts one) must not block it.
-    env = dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin", GARAGE_IMAGE="dxflrs/garage:v2.5.0",
-               LOCAL_GARAGE_IMAGE="local-garage:2.5.0", BUILD_NETWORK="default", TMPDIR=str(tmp_path))
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    settings = settings_of(checkout(tmp_path / "checkout"), GARAGE_IMAGE="dxflrs/garage:v2.5.0",
+                           LOCAL_GARAGE_IMAGE="local-garage:2.5.0", BUILD_NETWORK="default")
 
     def garage_image():
-        return subprocess.run([str(TOOLS / "garage-image"), "base:bookworm"], capture_output=True, text=True, env=env)
+        # Its own lock file: a real build elsewhere on this machine (CI starts one) must not block it.
+        return devstack.images.garage_image(settings, "base:bookworm", lock_folder=tmp_path)
 
-    first = garage_image()
-    assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == "local-garage:2.5.0"
+    assert garage_image() == "local-garage:2.5.0"
     build = (tmp_path / "build").read_text()
     assert "GARAGE_VERSION=2.5.0" in build and "BASE_IMAGE=base:bookworm" in build
     (tmp_path / "build").unlink()
-    assert garage_image().stdout.strip() == "local-garage:2.5.0"
+    assert garage_image() == "local-garage:2.5.0"
     assert not (tmp_path / "build").exists()  # built once per machine
     (tmp_path / "images").write_text("dxflrs/garage:v2.5.0\n")
-    assert garage_image().stdout.strip() == "dxflrs/garage:v2.5.0"
+    assert garage_image() == "dxflrs/garage:v2.5.0"
 
 
 def test_local_artifacts_are_found_under_mlruns_and_other_stores_refused():
@@ -168,8 +186,10 @@ def test_local_artifacts_are_found_under_mlruns_and_other_stores_refused():
 
 
 def test_restore_refuses_a_folder_that_is_not_a_backup_before_touching_anything(tmp_path):
-    (tmp_path / "mlflow.sql").write_text("")
-    result = subprocess.run([str(TOOLS / "team-backup"), "restore", str(tmp_path)], capture_output=True, text=True,
-                            env=dict(os.environ, TEAM="1", COMPOSE="false"))  # a Compose that does nothing
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "mlflow.sql").write_text("")
+    # COMPOSE=false: a Compose that does nothing.
+    result = devstack_cli(checkout(tmp_path / "checkout"), "restore", f"DIR={backup}", TEAM="1")
     assert result.returncode == 1
-    assert result.stderr == f"error: {tmp_path} is not a backup of make backup: mlflow_auth.sql is missing\n"
+    assert result.stderr == f"error: {backup} is not a backup of make backup: mlflow_auth.sql is missing\n"

@@ -2,10 +2,10 @@ import http.server
 import threading
 
 import pytest
-
 import train
-from helpers import run_python, tool_env
 from wine_data import load_wine_data
+
+from tests.support.helpers import run_python, tool_env
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 import shutil
 
 import pytest
-
 from wine_data import DATA_FILE, TARGET, DataError, features_and_target, load_wine_data
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKSPACE = ROOT / "workspace"
 VENV_BIN = Path(sys.executable).parent
 # ssh options for tests: never prompt, give up quickly on an unreachable host.

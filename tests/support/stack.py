@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ROOT, free_port, printed_run
+from devstack import proc
+from devstack.settings import detect_compose, load
+from tests.support.helpers import ROOT, free_port, printed_run
 
 NOT_COPIED = {".git", ".venv", ".build", ".secrets", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
 # What the test runner's environment must not hand to a stack: it would override the copy's .env,
@@ -27,17 +29,10 @@ PORT_VARIABLES = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT")
 
 
 def compose_command():
-    """$COMPOSE if set, else `docker compose` (v2) if installed, else `docker-compose` (v1), else None:
-    as the Makefile picks."""
+    """The Compose command the stack's settings pick ($COMPOSE, else v2, else v1), or None."""
     if os.environ.get("COMPOSE"):
         return shlex.split(os.environ["COMPOSE"])
-    for candidate in (["docker", "compose"], ["docker-compose"]):
-        try:
-            if subprocess.run([*candidate, "version"], capture_output=True, timeout=60).returncode == 0:
-                return candidate
-        except FileNotFoundError:
-            continue
-    return None
+    return detect_compose()
 
 
 def compose_config(folder, env, *options):
@@ -80,7 +75,7 @@ def compose_for_user(compose, user, folder):
 
 def copy_ignore(folder, names):
     """What a fresh clone would not have: local state, and runs in ./mlruns but its placeholder."""
-    if Path(folder) == ROOT / "mlruns":
+    if Path(folder).name == "mlruns":
         return [name for name in names if name != ".gitkeep"]
     return [name for name in names if name in NOT_COPIED]
 
@@ -101,11 +96,11 @@ class Stack:
     log: list = field(default_factory=list)
 
     @classmethod
-    def copy_of_project(cls, parent, user=None, team=False):
-        """A copy in parent/devstack-test-<random>; with user, owned by and run as that user; with
-        team, every make target and Compose command acts on team mode (TEAM=1)."""
+    def copy_of_project(cls, parent, user=None, team=False, source=ROOT):
+        """A copy of source (this checkout) in parent/devstack-test-<random>; with user, owned by and
+        run as that user; with team, every make target and Compose command acts on team mode (TEAM=1)."""
         root = Path(parent) / f"devstack-test-{uuid.uuid4().hex[:8]}"
-        shutil.copytree(ROOT, root, ignore=copy_ignore)
+        shutil.copytree(source, root, ignore=copy_ignore)
         ports = {name: free_port() for name in PORT_VARIABLES}
         env = dict(base_env(), **{name: str(port) for name, port in ports.items()})
         if team:
@@ -140,23 +135,26 @@ class Stack:
         """`make train ARGS...`: (run id, registered model version), as it prints them."""
         return printed_run(self.make("train", *args, timeout=timeout).stdout)
 
+    def settings(self):
+        """The copy's settings, as its make resolves them (devstack/settings.py)."""
+        account = pwd.getpwnam(self.user) if self.user else None
+        return load(self.root, environ=self.env, compose=self.compose,
+                    host_ids=(account.pw_uid, account.pw_gid) if account else None)
+
     def compose_env(self):
-        """The environment the Makefile gives Compose and the tools."""
-        env = dict(self.env, COMPOSE=shlex.join(self.compose), PROJECT_NAME=self.project)
-        if env.get("TEAM"):
-            env["COMPOSE_FILE"] = "compose.yaml:compose.team.yaml"
-        return env
+        """The environment the CLI gives Compose and docker."""
+        return self.settings().compose_env(self.env)
 
     def run_compose(self, *args, timeout=300):
         return subprocess.run([*self.compose, *args], cwd=self.root, env=self.compose_env(), capture_output=True,
                               text=True, timeout=timeout)
 
     def wait_healthy(self, *services, timeout=300):
-        """Waits as `make up` does (tools/wait-healthy), failing with the service's last log lines."""
-        result = subprocess.run(self.as_user(["tools/wait-healthy", str(timeout), *services]), cwd=self.root,
-                                env=self.compose_env(), capture_output=True, text=True, timeout=timeout + 60)
-        if result.returncode != 0:
-            raise AssertionError(result.stdout + result.stderr)
+        """Waits as `make up` does (devstack.proc.wait_healthy), failing with the service's last log lines."""
+        try:
+            proc.wait_healthy(self.settings(), timeout, list(services), echo=False)
+        except proc.Failure as failure:
+            raise AssertionError(f"{services} did not become healthy: {failure}") from None
 
     def container_ids(self):
         result = subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}"],
