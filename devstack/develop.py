@@ -10,6 +10,8 @@ from .images import base_image, sync_ca_certificates
 from .proc import execute, fail, run
 
 VENV = ".venv"
+# The venv's pins (MLflow 3.17 and the test tools) are resolved for this Python and newer.
+VENV_PYTHON = (3, 11)
 INSTALLED = ".installed"
 # The host layer that must run on a stock Mac: make 3.81, /bin/sh, python3 3.9.
 HOST_PYTHON = ("devstack",)
@@ -22,6 +24,10 @@ def ensure_venv(settings):
     requirements = sorted((settings.root / "requirements").glob("*.txt"))
     if stamp.exists() and all(path.stat().st_mtime <= stamp.stat().st_mtime for path in requirements):
         return venv
+    if sys.version_info < VENV_PYTHON:
+        fail(f"make project, make test and make bench need Python {VENV_PYTHON[0]}.{VENV_PYTHON[1]} or newer for "
+             f"their venv (requirements/constraints.txt; python3 here is {sys.version.split()[0]}): install one "
+             "and name it, e.g. make test PYTHON3=python3.12")
     run([sys.executable, "-m", "venv", str(venv)], settings)
     run([str(venv / "bin" / "pip"), "install", "-r", "requirements/test.txt", "-c", "requirements/constraints.txt"],
         settings)

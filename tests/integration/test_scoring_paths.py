@@ -16,8 +16,9 @@ from sklearn.linear_model import ElasticNet, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeRegressor
-from tests.integration.test_scoring_differential import CORPUS
 from wine_data import features_and_target, load_wine_data
+
+from tests.integration.test_scoring_differential import CORPUS
 
 X, Y = features_and_target(load_wine_data())
 

@@ -169,3 +169,15 @@ def test_names_docker_accepts_get_past_the_check_and_a_stack_down_is_one_line(tm
     assert err == "error: the tracking container is not running: start the stack with 'make up'\n"
     assert calls.read_text().startswith("ps -q")  # on to looking for the stack
     assert not list(tmp_path.glob("package-model.*"))
+
+
+def test_the_test_venv_on_a_python_older_than_its_pins_is_one_line(tmp_path, monkeypatch):
+    from devstack import develop
+    from devstack.proc import Failure
+    monkeypatch.setattr(develop, "VENV_PYTHON", (99, 0))
+    with pytest.raises(Failure) as failure:
+        develop.ensure_venv(settings_for(tmp_path))
+    assert len(failure.value.lines) == 1
+    assert "need Python 99.0 or newer for their venv" in failure.value.lines[0]
+    assert "make test PYTHON3=python3.12" in failure.value.lines[0]
+    assert not (tmp_path / "c" / ".venv").exists()
