@@ -25,6 +25,7 @@ def sync_ca_certificates(settings):
     """images/ca-certificates/ holds exactly the *.crt files of EXTRA_CA_CERTS (a file or a folder;
     empty: none). Unchanged files are left alone, so the images are not rebuilt for nothing."""
     target = settings.root / CA_FOLDER
+    target.mkdir(parents=True, exist_ok=True)
     source = settings["EXTRA_CA_CERTS"]
     wanted = {}
     if source and os.path.isdir(source):

@@ -34,7 +34,8 @@ def cli(folder, *args, env=None, path=None):
     environment["PYTHONPATH"] = str(ROOT)
     if path is not None:
         environment["PATH"] = path
-    for name in ("TEAM", "COMPOSE_PROJECT_NAME", "APP_UID", "APP_GID", "MAKEFLAGS"):
+    # What CI or a user's shell may set that would change what the command under test does.
+    for name in ("TEAM", "COMPOSE_PROJECT_NAME", "APP_UID", "APP_GID", "MAKEFLAGS", "EXTRA_CA_CERTS", "COMPOSE"):
         environment.pop(name, None)
     result = subprocess.run([sys.executable, "-m", "devstack", "-C", str(folder), *args], capture_output=True,
                             text=True, env=environment, timeout=120)

@@ -181,3 +181,24 @@ def test_the_test_venv_on_a_python_older_than_its_pins_is_one_line(tmp_path, mon
     assert "need Python 99.0 or newer for their venv" in failure.value.lines[0]
     assert "make test PYTHON3=python3.12" in failure.value.lines[0]
     assert not (tmp_path / "c" / ".venv").exists()
+
+
+def test_a_file_the_command_cannot_read_is_one_line(tmp_path):
+    folder = checkout(tmp_path / "c")
+    secret = folder / ".secrets" / "jupyter_token"
+    secret.parent.mkdir()
+    secret.mkdir()  # a folder where the token file belongs
+    status, _, err = run_cli(folder, "lab")
+    assert status == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert "jupyter_token" in err
+
+
+def test_extra_ca_certs_from_the_shell_with_no_ca_folder_yet(tmp_path, fake_docker):
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "proxy.crt").write_text("PEM")
+    env = dict(os.environ, EXTRA_CA_CERTS=str(certs))
+    folder = checkout(tmp_path / "c")
+    from devstack.settings import load
+    images.sync_ca_certificates(load(folder, environ=env, compose=["false"], host_ids=(1, 1)))
+    assert os.listdir(folder / "images" / "ca-certificates") == ["proxy.crt"]
