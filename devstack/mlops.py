@@ -40,7 +40,9 @@ def train(settings):
 
 def promote(settings):
     version = ["--version", settings["VERSION"]] if settings["VERSION"] else []
-    in_dev(settings, "python", "promote.py", "--alias", settings["ALIAS"], *version)
+    force = ["--force"] if settings["FORCE"] == "yes" else []
+    in_dev(settings, "python", "promote.py", "--alias", settings["ALIAS"], "--tolerance",
+           settings["PROMOTE_TOLERANCE"], *version, *force)
 
 
 def predict(settings):
@@ -155,7 +157,8 @@ def sweep(settings):
         for worker in workers:
             worker.wait()
     promote_flag = ["--promote"] if settings["PROMOTE"] else []
-    run(["docker", "exec", dev, "python", "sweep.py", "report", "--study", study, *promote_flag], settings)
+    run(["docker", "exec", "-e", f"PROMOTE_TOLERANCE={settings['PROMOTE_TOLERANCE']}", dev, "python", "sweep.py",
+         "report", "--study", study, *promote_flag], settings)
 
 
 def package(settings):

@@ -27,7 +27,7 @@ TEAM_COMPOSE_FILES = ("compose.yaml", "compose.team.yaml")
 # What .env must set (the stack's own settings): a value is stated there once, with its comment.
 REQUIRED = ("BIND_ADDRESS", "TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT", "MODEL_URI",
             "SERVE_SERVER", "MLFLOW_DISABLE_TELEMETRY", "BASE_IMAGE", "LOCAL_BASE_IMAGE", "IMAGE_PREFIX",
-            "STACK_VERSION", "GARAGE_IMAGE", "LOCAL_GARAGE_IMAGE", "BUILD_NETWORK")
+            "STACK_VERSION", "GARAGE_IMAGE", "LOCAL_GARAGE_IMAGE", "BUILD_NETWORK", "PROMOTE_TOLERANCE")
 PORTS = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT")
 # What may be set in .env but may be empty.
 OPTIONAL = ("COMPOSE_PROJECT_NAME", "TRACKING_ALLOWED_HOSTS", "SERVE_WORKERS", "SERVE_MAX_REQUEST_MB",
@@ -38,7 +38,7 @@ ARGUMENTS = {
     "ALPHA": "0.5", "L1": "0.5", "MODEL": "", "ALIAS": "champion", "VERSION": "", "IMAGE": "", "URL": "",
     "PROJECT": "workspace", "PROJECT_VERSION": "", "NAME": "", "DIR": "", "ALPHAS": "", "L1_RATIOS": "",
     "PROMOTE": "", "PARALLEL": "", "SERVICE": "", "REMOTE": "", "CONFIRM": "", "PYTEST_ARGS": "",
-    "BENCH_ARGS": "", "TEAM": "",
+    "BENCH_ARGS": "", "TEAM": "", "FORCE": "",
 }
 
 
@@ -257,7 +257,9 @@ class Settings:
         env.update({name: value for name, value in self.values.items()
                     if name in REQUIRED or name in OPTIONAL})
         env.update(APP_UID=self.app_uid, APP_GID=self.app_gid, COMPOSE_PROJECT_NAME=self.project_name,
-                   COMPOSE_FILE=os.pathsep.join(self.compose_files))
+                   COMPOSE_FILE=os.pathsep.join(self.compose_files),
+                   # The MLflow UI as this machine's browser reaches it, for the links printed in containers.
+                   TRACKING_UI_URL=self.ui_base)
         if self.team:
             env["TEAM"] = "1"
         else:
@@ -278,6 +280,15 @@ def check(values, path):
         if not value.isdigit() or not 0 < int(value) < 65536:
             raise SettingsError(f"{name}={value} is not a port: set {name} to a number from 1 to 65535 in {path} "
                                 f"or on the command line (make up {name}=5050)")
+    try:
+        tolerance = float(values["PROMOTE_TOLERANCE"])
+    except ValueError:
+        tolerance = -1.0
+    if not tolerance >= 0 or tolerance == float("inf"):
+        raise SettingsError(f"PROMOTE_TOLERANCE={values['PROMOTE_TOLERANCE']} is not a fraction >= 0: set it in {path} "
+                            "(0.01 allows 1 % worse, 0 never worse)")
+    if values.get("FORCE", "") not in ("", "yes"):
+        raise SettingsError(f"FORCE={values['FORCE']}: use FORCE=yes to promote past the gate, or leave it out")
     for name in ("APP_UID", "APP_GID"):
         value = values.get(name, "")
         if value and not value.isdigit():

@@ -146,7 +146,7 @@ def work(args):
         model, train_x, metrics = train_model(data, alpha, l1_ratio)
         storage.flush_all_batches()  # the trial's params are in its run before the model joins them
         log_training(model, train_x, metrics, {"alpha": alpha, "l1_ratio": l1_ratio}, args.experiment,
-                     args.registered_model, run_id=trial._trial_id)  # the trial is an MLflow run
+                     args.registered_model, run_id=trial._trial_id, data=data)  # the trial is an MLflow run
         # Leaving the run marked it finished; Optuna finishes the trial (and the run) itself.
         MlflowClient().update_run(trial._trial_id, status="RUNNING")
         print(f"alpha={alpha:g} l1_ratio={l1_ratio:g}: rmse={metrics['rmse']:.4f}", flush=True)
@@ -178,8 +178,18 @@ def report(args):
               "again to complete them", file=sys.stderr)
         return EXIT_FAILURE
     if args.promote:
-        from promote import promote
-        print(promote(MlflowClient(), args.registered_model, "champion"))
+        import os
+
+        from promote import Refused, promote, tolerance
+        # Through the same gate as make promote; a refusal is the sweep's last word, not its failure.
+        limit = tolerance(lambda message: sys.exit(f"sweep.py: error: {message}"), os.environ.get("PROMOTE_TOLERANCE"))
+        # The candidate is this sweep's best version, against whatever @champion is now.
+        best = next((versions[t._trial_id] for t in sorted(trials, key=lambda t: t.value) if t._trial_id in versions),
+                    None)
+        try:
+            print(promote(MlflowClient(), args.registered_model, "champion", version=best, tolerance=limit))
+        except Refused as refused:
+            print(f"@champion not moved: {refused}")
     return 0
 
 

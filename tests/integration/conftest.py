@@ -50,7 +50,8 @@ def tracking_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def client_env(tracking_server):
-    return tool_env(MLFLOW_TRACKING_URI=tracking_server.url)
+    # As the dev container has them: the tracking server, and promote's gate tolerance from .env.
+    return tool_env(MLFLOW_TRACKING_URI=tracking_server.url, PROMOTE_TOLERANCE="0")
 
 
 @pytest.fixture(scope="session")

@@ -35,15 +35,40 @@ def test_promote_moves_champion_to_the_lowest_rmse_and_serve_follows(client, cli
     assert f"@champion already on wine-quality version {best}" in again.stdout
 
 
-def test_promote_a_given_version_says_what_it_replaced(client, client_env):
-    other = max(int(v.version) for v in client.search_model_versions("name = 'wine-quality'"))
-    assert other != 1  # the fixture registered a second version
-    client.set_registered_model_alias("wine-quality", "champion", str(other))
-    result = run_python("promote.py", "--version", "1", env=client_env)
+def test_a_worse_version_is_refused_with_both_figures_and_forced_past_the_gate(client, client_env):
+    scores = rmse_by_version(client)
+    best, worst = min(scores, key=scores.get), max(scores, key=scores.get)
+    assert scores[worst] > scores[best]
+    client.set_registered_model_alias("wine-quality", "champion", best)
+    refused = run_python("promote.py", "--version", worst, env=client_env)
+    assert refused.returncode == 1
+    [line] = refused.stderr.splitlines()
+    assert f"version {worst} (rmse {scores[worst]:.4f})" in line and f"version {best} (rmse {scores[best]:.4f})" in line
+    assert f"@champion stays on version {best} (FORCE=yes moves it anyway)" in line
+    assert client.get_model_version_by_alias("wine-quality", "champion").version == best
+    tags = client.get_model_version("wine-quality", worst).tags
+    assert tags["devstack.gate.decision"] == "refused"
+    assert float(tags["devstack.gate.rmse"]) == pytest.approx(scores[worst], abs=1e-6)
+    assert tags["devstack.gate.current_version"] == best
+    forced = run_python("promote.py", "--version", worst, "--force", env=client_env)
+    assert forced.returncode == 0, forced.stderr
+    assert f"@champion: wine-quality version {worst}" in forced.stdout and "moved anyway (FORCE=yes)" in forced.stdout
+    assert f"was version {best}" in forced.stdout
+    assert client.get_model_version("wine-quality", worst).tags["devstack.gate.decision"] == "forced"
+    assert serve_model.resolve("models:/wine-quality@champion", client) == (f"models:/wine-quality/{worst}",
+                                                                           "@champion")
+    back = run_python("promote.py", "--version", best, env=client_env)
+    assert back.returncode == 0 and "better by" in back.stdout
+
+
+def test_within_the_tolerance_a_slightly_worse_version_moves(client, client_env):
+    scores = rmse_by_version(client)
+    best, worst = min(scores, key=scores.get), max(scores, key=scores.get)
+    client.set_registered_model_alias("wine-quality", "champion", best)
+    allowed = scores[worst] / scores[best]  # the tolerance that just lets it through
+    result = run_python("promote.py", "--version", worst, "--tolerance", f"{allowed:.6f}", env=client_env)
     assert result.returncode == 0, result.stderr
-    assert "@champion: wine-quality version 1" in result.stdout
-    assert f"was version {other}" in result.stdout
-    assert serve_model.resolve("models:/wine-quality@champion", client) == ("models:/wine-quality/1", "@champion")
+    assert "within the tolerance" in result.stdout
 
 
 @pytest.mark.parametrize("argv,message", [
