@@ -1,9 +1,11 @@
 """The host layer side by side: `make up` and `make train` (and `make help`, the layer alone) of this
 checkout against the same targets of the bash host layer it replaced, in one run, alternating A B A B,
 each figure a median and the ratio new / old. Both stacks run here at once, each with its own
-folder, project, ports and images (the old one's under another IMAGE_PREFIX, so neither rebuilds the
-other's tags)."""
+folder, project and ports. Only the layer differs: the old checkout gets this checkout's workspace/
+(the same train.py) and this checkout's images, tagged under its own IMAGE_PREFIX with its build
+stamp, so that neither rebuilds the other's tags."""
 
+import shutil
 import statistics
 import subprocess
 import time
@@ -33,9 +35,20 @@ def seconds(action):
 def side_by_side(parent, baseline=BASH_LAYER, rounds=ROUNDS):
     """{target: {"bash": s, "python": s, "python / bash": ratio}} of medians over rounds."""
     parent.mkdir(parents=True, exist_ok=True)
-    old = Stack.copy_of_project(parent, source=extracted(baseline, parent / "bash-layer"))
-    old.env["IMAGE_PREFIX"] = "mlflow-devstack-bash-layer"
+    source = extracted(baseline, parent / "bash-layer")
+    shutil.rmtree(source / "workspace")
+    shutil.copytree(ROOT / "workspace", source / "workspace", ignore=shutil.ignore_patterns("mlruns", "__pycache__"))
+    old = Stack.copy_of_project(parent, source=source)
     new = Stack.copy_of_project(parent)
+    new.make("build", timeout=3600)  # this checkout's images, then the same ones for the old layer
+    settings = new.settings()
+    old.env["IMAGE_PREFIX"] = prefix = "mlflow-devstack-bash-layer"
+    for service in settings.services_built:
+        subprocess.run(["docker", "tag", settings.image(service), f"{prefix}/{service}:{settings.image_tag}"],
+                       check=True)
+    stamp = old.root / ".build" / f"images-{settings.image_tag}"
+    stamp.parent.mkdir(exist_ok=True)
+    stamp.touch()
     stacks = {"bash": old, "python": new}
     times = {target: {name: [] for name in stacks} for target in ("make up", "make train", "make help")}
     try:
