@@ -91,6 +91,10 @@ def project(settings):
     run(["docker", "tag", settings.image("dev"), PROJECT_BASE], settings)
     env = settings.compose_env()
     env["MLFLOW_TRACKING_URI"] = settings.ui_base
+    # The run goes to wine-quality (--experiment-name): an experiment id or name in the shell would make
+    # mlflow run refuse both ("Specify only one of 'experiment-name' or 'experiment-id'").
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(name, None)
     extra = []
     if settings.team:
         # The host's mlflow and the run's container log in as the admin (devstack/team-login.env holds

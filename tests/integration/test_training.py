@@ -118,6 +118,10 @@ def test_the_plots_are_png_files_that_are_not_blank(client, trained, tmp_path):
 
 def test_an_evaluation_that_fails_fails_the_run_and_registers_nothing(client, tracking_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
+    # In this process, mlflow.set_experiment sets MLFLOW_EXPERIMENT_ID and the active experiment: both are
+    # put back afterwards, so that later tests (and the make commands they run) do not inherit them.
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     data = load_wine_data()
     model, train_x, metrics = train.train_model(data, 0.5, 0.5)
     before = len(client.search_model_versions("name = 'wine-quality'"))
