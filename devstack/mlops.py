@@ -63,7 +63,8 @@ def serve(settings):
     if running:
         checked = job(settings, "serve", "start", "--model-uri", model, "--check", check=False,
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        if checked.returncode != 0:
+        # Its own last word, not only the exit status: Compose v2 (2.40) reports 0 for this failed run.
+        if checked.returncode != 0 or "can be served" not in checked.stdout:
             lines = [line for line in checked.stderr.splitlines() if line.strip()]
             reason = next((line for line in lines if line.startswith("serve: cannot load")), lines[-1] if lines
                           else f"the check of {model} exited with {checked.returncode}")
@@ -185,6 +186,8 @@ def package(settings):
         picked = job(settings, "model-download", "start", "--model-uri", settings.model, "--download-to", "/out/model",
                      options=("-v", f"{work}:/out"), stdout=subprocess.PIPE, text=True).stdout.strip()
         picked = picked.splitlines()[-1] if picked else ""
+        if not picked:  # the download said why on stderr (Compose v2 may still report 0)
+            raise Failure(status=1)
         resolved = picked.split(" ")[0]  # models:/NAME/VERSION (how it was picked)
         if not image:
             name_version = resolved[len("models:/"):] if resolved.startswith("models:/") else resolved
