@@ -13,8 +13,6 @@ VENV = ".venv"
 # The venv's pins (MLflow 3.17 and the test tools) are resolved for this Python and newer.
 VENV_PYTHON = (3, 11)
 INSTALLED = ".installed"
-# The host layer that must run on a stock Mac: make 3.81, /bin/sh, python3 3.9.
-HOST_PYTHON = ("devstack",)
 
 
 def ensure_venv(settings):

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
-# The port every server of the stack listens on inside its container, and the one the model
-# server listens on: compose.yaml publishes them; the tools reach them by service name.
+# The port the tracking server listens on inside its container (compose.yaml publishes it): the
+# laptop's ssh-config forwards to it by service name.
 TRACKING_CONTAINER_PORT = 5000
-SERVE_CONTAINER_PORT = 8080
 COMPOSE_FILES = ("compose.yaml",)
 TEAM_COMPOSE_FILES = ("compose.yaml", "compose.team.yaml")
 
@@ -336,6 +335,3 @@ def parse_overrides(words) -> tuple[dict[str, str], list[str]]:
             rest.append(word)
     return overrides, rest
 
-
-def optional_int(value: str) -> Optional[int]:
-    return int(value) if value else None
