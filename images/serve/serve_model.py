@@ -65,17 +65,17 @@ def server_command(model_path, host, port, environ):
             "--loop", "uvloop", "--http", "httptools", "--no-access-log"], env
 
 
-def fetch(model_uri, destination):
+def fetch(model_uri, destination, who="serve"):
     """Resolve and download model_uri through the tracking server; returns (local path, what was
-    picked), or exits with one line saying why not."""
+    picked), or exits with one line saying why not (`who` names the job in it: serve, batch)."""
     tracking_uri = mlflow.get_tracking_uri()
     try:
         resolved, picked = resolve(model_uri, MlflowClient())
         local_path = mlflow.artifacts.download_artifacts(artifact_uri=resolved, dst_path=destination)
     except (LookupError, MlflowException) as error:
         reason = error.message if isinstance(error, MlflowException) else str(error)
-        sys.exit(f"serve: cannot load {model_uri} from {tracking_uri}: {reason.splitlines()[0]}\n"
-                 "serve: train and register a model first ('make train'), or pick another: "
+        sys.exit(f"{who}: cannot load {model_uri} from {tracking_uri}: {reason.splitlines()[0]}\n"
+                 f"{who}: train and register a model first ('make train'), or pick another: "
                  "MODEL=models:/<name>/<version>")
     return local_path, f"{resolved} ({picked})"
 
