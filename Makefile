@@ -8,8 +8,8 @@ SHELL = /bin/sh
 PYTHON3 = python3
 DEVSTACK = $(PYTHON3) -m devstack
 
-.PHONY: help up down build base-image garage-image ps logs urls doctor ssh ssh-config tunnel lab train \
-  serve project sweep promote package predict user copy-to-team backup restore test test-e2e test-fast \
+.PHONY: help up down build base-image garage-image spark-image ps logs urls doctor ssh ssh-config tunnel lab train \
+  serve project sweep promote package predict batch user copy-to-team backup restore test test-e2e test-fast \
   lint bench lock clean
 
 help:
@@ -26,6 +26,8 @@ base-image:
 	@$(DEVSTACK) base-image
 garage-image:
 	@$(DEVSTACK) garage-image
+spark-image:
+	@$(DEVSTACK) spark-image
 ps:
 	@$(DEVSTACK) ps
 logs:
@@ -58,6 +60,8 @@ package:
 	@$(DEVSTACK) package
 predict:
 	@$(DEVSTACK) predict
+batch:
+	@$(DEVSTACK) batch
 
 ##@ Team mode
 user:

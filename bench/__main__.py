@@ -8,6 +8,7 @@ bench/results/<time>.json. Figures only: nothing here passes or fails on a time.
     make bench BENCH_ARGS=--mlops-only    # the default sweep with PARALLEL 1 and 2; the packaged image
     make bench BENCH_ARGS=--host-layer-only  # make up/train/help against the bash host layer it replaced
     make bench BENCH_ARGS=--train-only       # make train against the import floor, and its parts
+    make bench BENCH_ARGS=--batch-only       # make batch against stock mlflow models predict and Spark
 """
 
 import argparse
@@ -30,7 +31,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from wine_data import features_and_target, load_wine_data  # workspace/, on PYTHONPATH (make bench)
 
-from bench import host_layer
+from bench import batch, host_layer
 from devstack.images import base_image
 from tests.support.helpers import ROOT, free_port, wait_for_http, wrk
 from tests.support.stack import Stack, docker_problem
@@ -283,6 +284,8 @@ def main():
                         help="only make train against the import floor, and what its parts cost (~3 min)")
     parser.add_argument("--host-layer-only", action="store_true",
                         help="only make up/train/help against the bash host layer it replaced (~10 min)")
+    parser.add_argument("--batch-only", action="store_true",
+                        help="only make batch against stock mlflow models predict and ENGINE=spark (~15 min)")
     args = parser.parse_args()
     problem = docker_problem()
     if problem:
@@ -313,6 +316,11 @@ def main():
                 stack.make("train")
                 figures["mlops"] = mlops_loop(stack)
                 return finish(figures, full=False)
+            if args.batch_only:
+                stack.make("up")
+                stack.make("train")
+                figures["batch"] = batch.side_by_side(stack, Path(parent) / "batch")
+                return finish(figures, full=False)
             if args.serving_only:
                 stack.make("up")
                 stack.make("train")
@@ -330,6 +338,7 @@ def main():
             figures["scoring"] = [scoring_latency(url, inputs.head(size), REQUESTS_PER_SIZE) for size in (1, 100, 1000)]
             figures["scoring_side_by_side"] = scoring_side_by_side(stack, inputs)
             figures["mlops"] = mlops_loop(stack)
+            figures["batch"] = batch.side_by_side(stack, Path(parent) / "batch")
             containers = containers_by_service(stack)
             figures["memory_mib"] = {service: memory_mib(c) for service, (c, _) in containers.items()}
             images = {service: image for service, (_, image) in containers.items()}
@@ -375,6 +384,8 @@ def finish(figures, full=True):
         host_layer.print_table(figures["host_layer"])
     for name, value in figures.get("mlops", {}).items():
         print(f"{name:<48} {value:>10}")
+    if "batch" in figures:
+        batch.print_table(figures["batch"])
     print(f"written to {out.relative_to(ROOT)}")
 
 

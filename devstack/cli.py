@@ -15,13 +15,15 @@ from .settings import SettingsError, load, parse_overrides
 COMMANDS = [
     ("The stack", [
         ("up", "stack:up", "Build if needed, start tracking and dev, wait until healthy, print the URLs "
-                           "(TEAM=1: team mode)"),
+                           "(TEAM=1: team mode; SPARK=1: a Spark cluster too)"),
         ("down", "stack:down", "Stop and remove the containers (runs, models and artifacts stay in ./mlruns)"),
         ("build", "images:build", "Build the images (tracking, dev, serve), on a registry-free base if need be"),
         ("base-image", "images:make_base_image", "Build the base image from Debian packages, for machines with "
                                                  "no registry (root)"),
         ("garage-image", "images:make_garage_image", "Get Garage for team mode: pulled, else built from "
                                                      "crates.io (once per machine)"),
+        ("spark-image", "images:make_spark_image", "Build the Spark image (PySpark, a JDK) for make batch ENGINE=spark "
+                                                   "and make up SPARK=1"),
         ("ps", "stack:ps", "Show the containers and their health"),
         ("logs", "stack:logs", "Follow the logs (make logs SERVICE=tracking for one service)"),
         ("urls", "stack:urls", "Print the URLs and the ssh command"),
@@ -48,6 +50,8 @@ COMMANDS = [
                                      "[MODEL=models:/wine-quality/3] [IMAGE=name:tag]"),
         ("predict", "mlops:predict", "Score the first rows of the data set: make predict "
                                      "[URL=http://127.0.0.1:5001/invocations]"),
+        ("batch", "batch:batch", "Score a CSV or Parquet file of any size: make batch IN=data.csv OUT=scored.parquet "
+                                 "[MODEL=...] [ENGINE=spark] [SPARK_MASTER=spark://host:7077]"),
     ]),
     ("Team mode (TEAM=1: PostgreSQL, Garage, two tracking replicas, login)", [
         ("user", "team:user", "Create a team login with a generated password: make user NAME=alice TEAM=1"),

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .proc import Failure, fail, have, quiet, run, warn
@@ -62,6 +63,15 @@ def pull(name):
         return False
 
 
+@contextmanager
+def machine_lock(name, folder=None):
+    """Held by one make of this user at a time on this machine: a second waits until the first is done."""
+    folder = folder or os.environ.get("TMPDIR") or "/tmp"
+    with open(os.path.join(folder, f"mlflow-devstack-{name}-{os.getuid()}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def base_image(settings):
     """Makes sure a base image to build on is here and returns its name: BASE_IMAGE if it is here or
     can be pulled; else LOCAL_BASE_IMAGE, built from Debian packages when missing (needs root and
@@ -72,13 +82,18 @@ def base_image(settings):
     if image_present(local):
         warn(f"base-image: {wanted} is not here; building on {local} (made from Debian packages)")
         return local
-    if pull(wanted):
-        return wanted
-    if settings.is_root and have("debootstrap"):
-        warn(f"base-image: cannot pull {wanted} (no registry?): building {local} from Debian packages "
-             "with debootstrap instead (a minute or two, once)")
-        build_base(local)
-        return local
+    # One pull or build at a time per machine (CI builds Garage and Spark in the background, and
+    # both need the base): a second caller waits for the first, then finds its image.
+    with machine_lock("base-image"):
+        if image_present(local):
+            return local
+        if image_present(wanted) or pull(wanted):
+            return wanted
+        if settings.is_root and have("debootstrap"):
+            warn(f"base-image: cannot pull {wanted} (no registry?): building {local} from Debian packages "
+                 "with debootstrap instead (a minute or two, once)")
+            build_base(local)
+            return local
     fix = ("Run: sudo make base-image   then: make up" if have("debootstrap")
            else "Run: sudo apt-get install debootstrap && sudo make base-image   then: make up")
     fail(f"cannot pull {wanted}, and building a base from Debian packages needs root and debootstrap.", fix)
@@ -130,9 +145,7 @@ def garage_image(settings, base, lock_folder=None):
     if pull(wanted):
         return wanted
     # One build per machine: a second caller waits for the first, then finds its image.
-    folder = lock_folder or os.environ.get("TMPDIR") or "/tmp"
-    with open(os.path.join(folder, f"mlflow-devstack-garage-image-{os.getuid()}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with machine_lock("garage-image", lock_folder):
         if image_present(local):
             return local
         version = local.rsplit(":", 1)[-1]
@@ -155,13 +168,13 @@ def tls_failure(log):
     return None
 
 
-def streamed(command, settings, env):
-    """Runs command with its output shown as it comes; returns (exit status, the output)."""
+def streamed(command, settings, env, out=None):
+    """Runs command with its output shown as it comes (on stdout, or out); returns (exit status, the output)."""
     process = subprocess.Popen(command, cwd=settings.root, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, errors="replace")
     seen = []
     for line in process.stdout:
-        sys.stdout.write(line)
+        (out or sys.stdout).write(line)
         seen.append(line)
     return process.wait(), "".join(seen)
 
@@ -176,7 +189,8 @@ def build(settings):
     env["BASE_IMAGE"] = base_image(settings)
     if settings.team:
         env["GARAGE_IMAGE"] = garage_image(settings, env["BASE_IMAGE"])
-    status, log = streamed([*settings.compose, "--profile", "serve", "build"], settings, env)
+    # The jobs profile holds the batch image's service (the other jobs reuse the images above).
+    status, log = streamed([*settings.compose, "--profile", "serve", "--profile", "jobs", "build"], settings, env)
     if status != 0:
         line = tls_failure(log)
         raise Failure(*([line] if line else []), status=status)
@@ -209,6 +223,39 @@ def ensure_images(settings):
     if not stamp.exists() or not quiet(["docker", "image", "inspect", *settings.images]) or newer_than(settings, stamp):
         build(settings)
 
+
+
+def spark_image(settings, lock_folder=None):
+    """Makes sure the Spark image (images/spark/Dockerfile: PySpark, a JDK and the batch job) is here and
+    current; returns its name. It is built apart from the stack's other images (it is large, and CI
+    builds it in the background while the others are used), once per machine and version, and again
+    when a file it is built from changed. A second caller waits for the first."""
+    image = settings.image("spark")
+    stamp = settings.root / ".build" / f"spark-{settings.image_tag}"
+    sync_ca_certificates(settings)
+    with machine_lock("spark-image", lock_folder):
+        if image_present(image) and stamp.exists() and not newer_than(settings, stamp):
+            return image
+        base = base_image(settings)
+        warn(f"spark-image: building {image} (PySpark and a JDK: a few minutes the first time)")
+        started = time.monotonic()
+        status, log = streamed(["docker", "build", "-f", str(settings.root / "images" / "spark" / "Dockerfile"),
+                                "--network", settings["BUILD_NETWORK"], "--build-arg", f"BASE_IMAGE={base}",
+                                "--build-arg", f"APP_UID={settings.app_uid}", "--build-arg",
+                                f"APP_GID={settings.app_gid}", "-t", image, str(settings.root)], settings,
+                               settings.compose_env(), out=sys.stderr)
+        if status != 0:
+            line = tls_failure(log)
+            raise Failure(*([line] if line else []), status=status)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.touch()
+        warn(f"spark-image: built {image} in {time.monotonic() - started:.0f} s")
+    return image
+
+
+def make_spark_image(settings):
+    """`make spark-image`: only the Spark image (CI builds it in the background)."""
+    spark_image(settings)
 
 
 def make_base_image(settings):

@@ -21,23 +21,26 @@ ROOT = Path(__file__).resolve().parent.parent
 # laptop's ssh-config forwards to it by service name.
 TRACKING_CONTAINER_PORT = 5000
 COMPOSE_FILES = ("compose.yaml",)
-TEAM_COMPOSE_FILES = ("compose.yaml", "compose.team.yaml")
+TEAM_COMPOSE_FILE = "compose.team.yaml"
+SPARK_COMPOSE_FILE = "compose.spark.yaml"
 
 # What .env must set (the stack's own settings): a value is stated there once, with its comment.
 REQUIRED = ("BIND_ADDRESS", "TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT", "MODEL_URI",
             "SERVE_SERVER", "MLFLOW_DISABLE_TELEMETRY", "BASE_IMAGE", "LOCAL_BASE_IMAGE", "IMAGE_PREFIX",
-            "STACK_VERSION", "GARAGE_IMAGE", "LOCAL_GARAGE_IMAGE", "BUILD_NETWORK", "PROMOTE_TOLERANCE")
-PORTS = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT")
+            "STACK_VERSION", "GARAGE_IMAGE", "LOCAL_GARAGE_IMAGE", "BUILD_NETWORK", "PROMOTE_TOLERANCE",
+            "SPARK_UI_PORT")
+PORTS = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT", "SPARK_UI_PORT")
 # What may be set in .env but may be empty.
 OPTIONAL = ("COMPOSE_PROJECT_NAME", "TRACKING_ALLOWED_HOSTS", "SERVE_WORKERS", "SERVE_MAX_REQUEST_MB",
-            "SERVE_TIMEOUT", "SERVE_ALLOWED_HOSTS", "APP_UID", "APP_GID", "EXTRA_CA_CERTS")
+            "SERVE_TIMEOUT", "SERVE_ALLOWED_HOSTS", "APP_UID", "APP_GID", "EXTRA_CA_CERTS", "SPARK_MASTER",
+            "SPARK_DRIVER_HOST")
 # What make's command line (or the shell) passes to one command: make train ALPHA=0.1 ...
 # name -> default.
 ARGUMENTS = {
     "ALPHA": "0.5", "L1": "0.5", "MODEL": "", "ALIAS": "champion", "VERSION": "", "IMAGE": "", "URL": "",
     "PROJECT": "workspace", "PROJECT_VERSION": "", "NAME": "", "DIR": "", "ALPHAS": "", "L1_RATIOS": "",
     "PROMOTE": "", "PARALLEL": "", "SERVICE": "", "REMOTE": "", "CONFIRM": "", "PYTEST_ARGS": "",
-    "BENCH_ARGS": "", "TEAM": "", "FORCE": "",
+    "BENCH_ARGS": "", "TEAM": "", "FORCE": "", "IN": "", "OUT": "", "ENGINE": "", "SPARK": "",
 }
 
 
@@ -203,8 +206,14 @@ class Settings:
         return normalise_project_name(self["COMPOSE_PROJECT_NAME"] or self.root.name)
 
     @property
+    def spark(self):
+        return bool(self["SPARK"])
+
+    @property
     def compose_files(self):
-        return TEAM_COMPOSE_FILES if self.team else COMPOSE_FILES
+        """compose.yaml, with team mode's file (TEAM=1) and the Spark cluster's (SPARK=1) on top."""
+        return (COMPOSE_FILES + ((TEAM_COMPOSE_FILE,) if self.team else ())
+                + ((SPARK_COMPOSE_FILE,) if self.spark else ()))
 
     @property
     def network(self):
@@ -220,7 +229,7 @@ class Settings:
 
     @property
     def services_built(self):
-        return ("tracking", "dev", "serve") + (("proxy", "postgres", "storage") if self.team else ())
+        return ("tracking", "dev", "serve", "batch") + (("proxy", "postgres", "storage") if self.team else ())
 
     @property
     def images(self):
@@ -259,10 +268,11 @@ class Settings:
                    COMPOSE_FILE=os.pathsep.join(self.compose_files),
                    # The MLflow UI as this machine's browser reaches it, for the links printed in containers.
                    TRACKING_UI_URL=self.ui_base)
-        if self.team:
-            env["TEAM"] = "1"
-        else:
-            env.pop("TEAM", None)
+        for name, on in (("TEAM", self.team), ("SPARK", self.spark)):
+            if on:
+                env[name] = "1"
+            else:
+                env.pop(name, None)
         # make's own bookkeeping must not leak into tools that run make again (tests, bench).
         for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
             env.pop(name, None)

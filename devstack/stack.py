@@ -9,7 +9,7 @@ import urllib.parse
 import urllib.request
 
 from . import images
-from .proc import check_ports, check_project, compose, execute, fail, say, wait_healthy
+from .proc import check_ports, check_project, compose, container_of, execute, fail, say, wait_healthy
 from .secrets import make_secrets
 from .settings import TRACKING_CONTAINER_PORT
 
@@ -19,8 +19,16 @@ SHARED_VIEW = "metrics"
 MODE = "workflowType=machine_learning"
 
 
+SPARK_SERVICES = ["spark-master", "spark-worker-1", "spark-worker-2"]
+
+
+def services_to_start(settings):
+    return ["tracking", "dev"] + (SPARK_SERVICES if settings.spark else [])
+
+
 def services_to_wait_for(settings):
-    return ["tracking", "dev"] + (["tracking-a", "tracking-b", "postgres", "storage"] if settings.team else [])
+    return (services_to_start(settings)
+            + (["tracking-a", "tracking-b", "postgres", "storage"] if settings.team else []))
 
 
 def hand_over(settings):
@@ -37,12 +45,16 @@ def hand_over(settings):
 
 def up(settings):
     check_project(settings)
-    check_ports(settings, [("tracking", "TRACKING_PORT"), ("dev", "JUPYTER_PORT"), ("dev", "SSH_PORT")], "up")
+    ports = [("tracking", "TRACKING_PORT"), ("dev", "JUPYTER_PORT"), ("dev", "SSH_PORT")]
+    check_ports(settings, ports + ([("spark-master", "SPARK_UI_PORT")] if settings.spark else []), "up")
     make_secrets(settings)
     images.ensure_images(settings)
+    if settings.spark:
+        images.spark_image(settings)
     if settings.is_root:
         hand_over(settings)
-    compose(settings, "up", "-d", "--remove-orphans", "tracking", "dev")
+    # Without SPARK=1 (or TEAM=1), --remove-orphans stops the cluster (or team mode) of an earlier up.
+    compose(settings, "up", "-d", "--remove-orphans", *services_to_start(settings))
     wait_healthy(settings, UP_SECONDS, services_to_wait_for(settings))
     urls(settings)
 
@@ -116,6 +128,8 @@ def urls(settings):
     say(f"  JupyterLab   {lab_url(settings)}")
     say(f"  SSH          ssh {' '.join(ssh_options(settings))} mlflow@{address}   (or: make ssh)")
     say(f"  Model server {settings.url('SERVE_PORT')}/invocations   (after: make serve)")
+    if settings.spark or container_of(settings, "spark-master", required=False):
+        say(f"  Spark UI     {settings.url('SPARK_UI_PORT')}   (make batch ENGINE=spark runs on this cluster)")
     if settings.team:
         say(f"  Team login   admin / {secret(settings, 'mlflow_admin_password')}   "
             "(more users: make user NAME=alice TEAM=1)")

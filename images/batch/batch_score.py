@@ -275,9 +275,9 @@ class Output:
 class Progress:
     """Rows done and rows/s on stderr: a bar redrawn in place on a terminal, else a line now and then."""
 
-    def __init__(self, mode):
-        # The first line comes after PROGRESS_SECONDS: a small file shows only the last one.
-        self.mode = mode
+    def __init__(self, mode, every=None):
+        # The first line comes after `every` seconds: a small file shows only the last one.
+        self.mode, self.every = mode, every or PROGRESS_SECONDS.get(mode, 0)
         self.started = self.shown = time.monotonic()
 
     def line(self, rows, fraction):
@@ -290,7 +290,7 @@ class Progress:
 
     def update(self, rows, fraction):
         now = time.monotonic()
-        if self.mode != "none" and now - self.shown >= PROGRESS_SECONDS[self.mode]:
+        if self.mode != "none" and now - self.shown >= self.every:
             self.shown = now
             self.show(rows, fraction)
 
@@ -344,6 +344,9 @@ def parse_args(argv):
     parser.add_argument("--engine", choices=("python", "spark"), default="python")
     parser.add_argument("--spark-master", default="local[*]", help="local[*] or spark://host:port")
     parser.add_argument("--progress", choices=("bar", "lines", "none"), default="lines")
+    parser.add_argument("--progress-every", type=float, metavar="SECONDS",
+                        help=f"how often progress shows (default: {PROGRESS_SECONDS['bar']:g} s for a bar, "
+                             f"{PROGRESS_SECONDS['lines']:g} s for lines)")
     return parser.parse_args(argv)
 
 
@@ -392,7 +395,7 @@ def main(argv=None):
             handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
             os.close(handle)
             target = temporary
-        progress = Progress(args.progress)
+        progress = Progress(args.progress, args.progress_every)
         scoring = time.monotonic()
         rows = score_file(model, scorer, args.source, target, out_format, args.engine, progress)
         progress.finish(rows)

@@ -23,9 +23,9 @@ from tests.support.helpers import ROOT, free_port, printed_run
 NOT_COPIED = {".git", ".venv", ".build", ".secrets", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
 # What the test runner's environment must not hand to a stack: it would override the copy's .env,
 # or (make's own) hand the stack's make the variables of the `make test` that started the tests.
-NOT_INHERITED = ("COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "TEAM", "APP_UID", "APP_GID", "MAKEFLAGS", "MFLAGS",
+NOT_INHERITED = ("COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "TEAM", "SPARK", "APP_UID", "APP_GID", "MAKEFLAGS", "MFLAGS",
                  "MAKELEVEL")
-PORT_VARIABLES = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT")
+PORT_VARIABLES = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT", "SPARK_UI_PORT")
 
 
 def compose_command():

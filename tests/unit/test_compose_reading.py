@@ -33,7 +33,7 @@ def test_settings_read_env_as_compose_does(compose_reading, name):
 def project(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     folder = checkout(tmp_path / "Some Checkout")
-    for name in ("compose.yaml", "compose.team.yaml"):
+    for name in ("compose.yaml", "compose.team.yaml", "compose.spark.yaml"):
         (folder / name).write_bytes(open(os.path.join(root, name), "rb").read())
     secrets = folder / ".secrets"
     secrets.mkdir()
@@ -64,3 +64,29 @@ def test_compose_resolves_what_the_settings_derive(project, team, ids):
     published = services["tracking"]["ports"][0]
     port = published.split(":")[1] if isinstance(published, str) else str(published["published"])
     assert port == "5123"
+
+
+def test_the_spark_cluster_publishes_only_its_masters_ui_on_loopback(project):
+    """make up SPARK=1: a master and two workers on the Spark image; only the master's web UI is
+    published, on BIND_ADDRESS and SPARK_UI_PORT; the batch jobs are there with or without it."""
+    settings = load(project, environ={"SPARK_UI_PORT": "8123"}, overrides={"SPARK": "1"})
+    base = {key: value for key, value in os.environ.items() if not key.startswith("COMPOSE") and key != "SPARK"}
+    services = compose_config(project, settings.compose_env(base), "--profile", "jobs")["services"]
+    cluster = ["spark-master", "spark-worker-1", "spark-worker-2"]
+    for name in [*cluster, "batch-spark", "batch-spark-host"]:
+        assert services[name]["image"] == settings.image("spark"), name
+    assert services["batch"]["image"] == settings.image("batch")
+    published = {name: [address_and_port(p) for p in services[name].get("ports", [])] for name in cluster}
+    assert published == {"spark-master": [("127.0.0.1", "8123", "8080")], "spark-worker-1": [], "spark-worker-2": []}
+    assert all("user" not in services[name] for name in cluster)  # the image's user, never root
+    local = load(project)
+    jobs = compose_config(project, local.compose_env(base), "--profile", "jobs")["services"]
+    assert "spark-master" not in jobs and "batch-spark" in jobs
+
+
+def address_and_port(published):
+    """(host address, host port, container port) of a ports entry, as Compose v1 or v2 writes it."""
+    if isinstance(published, dict):
+        return published.get("host_ip"), str(published["published"]), str(published["target"])
+    address, port, target = published.split("/")[0].split(":")
+    return address, port, target

@@ -35,7 +35,8 @@ def cli(folder, *args, env=None, path=None):
     if path is not None:
         environment["PATH"] = path
     # What CI or a user's shell may set that would change what the command under test does.
-    for name in ("TEAM", "COMPOSE_PROJECT_NAME", "APP_UID", "APP_GID", "MAKEFLAGS", "EXTRA_CA_CERTS", "COMPOSE"):
+    for name in ("TEAM", "SPARK", "COMPOSE_PROJECT_NAME", "APP_UID", "APP_GID", "MAKEFLAGS", "EXTRA_CA_CERTS",
+                 "COMPOSE", "SPARK_MASTER"):
         environment.pop(name, None)
     result = subprocess.run([sys.executable, "-m", "devstack", "-C", str(folder), *args], capture_output=True,
                             text=True, env=environment, timeout=120)

@@ -109,8 +109,16 @@ def test_team_mode_adds_its_compose_file_and_images(tmp_path):
     assert local.compose_env({})["COMPOSE_FILE"] == "compose.yaml"
     assert team.compose_env({})["COMPOSE_FILE"] == "compose.yaml:compose.team.yaml"
     assert team.compose_env({})["TEAM"] == "1" and "TEAM" not in local.compose_env({"TEAM": "1"})
-    assert len(team.images) == 6 and len(local.images) == 3
+    assert len(team.images) == 7 and len(local.images) == 4
     assert team.images_stamp.name.endswith("-team") and not local.images_stamp.name.endswith("-team")
+
+
+def test_spark_adds_the_clusters_compose_file_on_top(tmp_path):
+    spark = load(tmp_path, overrides={"SPARK": "1"})
+    both = load(tmp_path, overrides={"SPARK": "1", "TEAM": "1"})
+    assert spark.compose_env({})["COMPOSE_FILE"] == "compose.yaml:compose.spark.yaml"
+    assert both.compose_env({})["COMPOSE_FILE"] == "compose.yaml:compose.team.yaml:compose.spark.yaml"
+    assert spark.compose_env({})["SPARK"] == "1" and "SPARK" not in load(tmp_path).compose_env({"SPARK": "1"})
 
 
 def test_makes_bookkeeping_does_not_reach_compose(tmp_path):
