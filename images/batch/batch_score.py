@@ -16,6 +16,7 @@ the same reading, checks and writing, the scoring on Spark's executors.
 import argparse
 import os
 import resource
+import shutil
 import signal
 import sys
 import tempfile
@@ -362,6 +363,7 @@ def main(argv=None):
     started = time.monotonic()
     temporary = None
     scorer_close = None
+    model_folder = tempfile.mkdtemp(prefix="model-")
     try:
         out_format = args.out_format or file_format(args.out, "OUT")
         file_format(args.source, "IN")
@@ -369,7 +371,7 @@ def main(argv=None):
             raise BadInput(f"IN={args.source} cannot be read (no such file, or no permission)")
         import mlflow
         from serve_model import fetch
-        local_path, picked = fetch(args.model_uri, tempfile.mkdtemp(prefix="model-"), who="batch")
+        local_path, picked = fetch(args.model_uri, model_folder, who="batch")
         model = Model(mlflow.pyfunc.load_model(local_path))
         if args.engine == "spark":
             from spark_engine import SparkScorer, SparkUnreachable
@@ -412,11 +414,17 @@ def main(argv=None):
     except (KeyboardInterrupt, Interrupted):
         print("\nbatch: interrupted; nothing written", file=sys.stderr)
         return 130
+    except (OSError, pa.ArrowException) as error:  # a full disk, a file that went away: one line too
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+        print(f"batch: {reason}{where}; nothing written", file=sys.stderr)
+        return 1
     finally:
         if temporary and os.path.exists(temporary):
             os.unlink(temporary)
         if scorer_close:
             scorer_close()
+        shutil.rmtree(model_folder, ignore_errors=True)
     now = time.monotonic()
     seconds = max(now - scoring, 1e-9)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -246,3 +246,14 @@ def test_delimiters_are_read_from_the_header():
     assert sniff_delimiter(b"a,b\tc\n") == ","
     assert sniff_delimiter(b"a\tb\tc\n") == "\t"
     assert sniff_delimiter(b"single\n") == ","
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(client_env, trained, tmp_path):
+    """/dev/full: every write fails with ENOSPC, as on a full disk."""
+    source = tmp_path / "in.csv"
+    write(wine_rows(1000), source)
+    result = batch(client_env, "--model-uri", trained.model_uri, "--in", source, "--out", "/dev/full",
+                   "--out-format", "csv", "--direct")
+    assert result.returncode == 1
+    assert "batch: " in result.stderr and "nothing written" in result.stderr
+    assert "Traceback" not in result.stderr
