@@ -257,3 +257,18 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(client_env, trained, tmp_pat
     assert result.returncode == 1
     assert "batch: " in result.stderr and "nothing written" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_later_value_that_does_not_fit_an_extra_columns_type(client_env, trained, tmp_path):
+    """Columns the model does not use keep the type of their first rows (int64 for `id`): a word far
+    into the file is named by row, as a bad feature value is."""
+    rows = wine_rows(300_000).astype({"id": object})
+    rows.loc[299_990, "id"] = "x-17"
+    source = tmp_path / "in.csv"
+    rows.to_csv(source, index=False)
+    out = tmp_path / "out.parquet"
+    result = batch(client_env, "--model-uri", trained.model_uri, "--in", source, "--out", out)
+    assert result.returncode == 1
+    assert "row 299,991 (line 299,992), column 'id': 'x-17' does not fit the type its first rows gave the column " \
+           "(int64)" in result.stderr
+    assert not out.exists() and leftovers(tmp_path, out.name) == []
