@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import images
 from .proc import Failure, container_of, fail, say
+from .stack import HANDED_OVER
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 ENGINES = ("python", "spark")
@@ -90,9 +91,17 @@ def alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # another user's process
+        pass
     return True
+
+
+def owner_as_root(settings, out):
+    """Who OUT belongs to when make runs as root: the containers' user inside workspace/ and mlruns/
+    (which make up hands over to them, so JupyterLab can change it), root anywhere else."""
+    if any(out.is_relative_to(settings.root / name) for name in HANDED_OVER):
+        return int(settings.app_uid), int(settings.app_gid)
+    return 0, 0
 
 
 def batch(settings):
@@ -124,7 +133,7 @@ def batch(settings):
         mounts = ["-v", f"{source}:{IN_PATH}/{source.name}:ro", "-v", f"{temporary}:{OUT_FOLDER}/{out.name}"]
         summary = run_job(settings, service, name, mounts, command)
         if settings.is_root:
-            os.chown(temporary, 0, 0)
+            os.chown(temporary, *owner_as_root(settings, out))
         os.replace(temporary, out)
     finally:
         temporary.unlink(missing_ok=True)
@@ -191,7 +200,7 @@ class Chatterless(threading.Thread):
 
     def emit(self, text):
         body = text.strip("\r\n")
-        if self.CHATTER.match(body):
+        if self.CHATTER.match(body) or (not body and text.endswith("\n")):  # Compose v2 adds an empty line
             return
         if body.isdigit():  # Compose v1's exit status, if nothing follows it
             self.held.append(text)

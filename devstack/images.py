@@ -225,7 +225,7 @@ def ensure_images(settings):
 
 
 
-def spark_image(settings, lock_folder=None):
+def spark_image(settings):
     """Makes sure the Spark image (images/spark/Dockerfile: PySpark, a JDK and the batch job) is here and
     current; returns its name. It is built apart from the stack's other images (it is large, and CI
     builds it in the background while the others are used), once per machine and version, and again
@@ -233,7 +233,7 @@ def spark_image(settings, lock_folder=None):
     image = settings.image("spark")
     stamp = settings.root / ".build" / f"spark-{settings.image_tag}"
     sync_ca_certificates(settings)
-    with machine_lock("spark-image", lock_folder):
+    with machine_lock("spark-image"):
         if image_present(image) and stamp.exists() and not newer_than(settings, stamp):
             return image
         base = base_image(settings)

@@ -17,6 +17,8 @@ UP_SECONDS = 300
 EXPERIMENT = "wine-quality"
 SHARED_VIEW = "metrics"
 MODE = "workflowType=machine_learning"
+# The folders the containers write, which become the containers' user's when make runs as root.
+HANDED_OVER = ("workspace", "mlruns")
 
 
 SPARK_SERVICES = ["spark-master", "spark-worker-1", "spark-worker-2"]
@@ -34,7 +36,7 @@ def services_to_wait_for(settings):
 def hand_over(settings):
     """Containers run as APP_UID:APP_GID; when make runs as root, workspace/ and mlruns/ become theirs."""
     uid, gid = int(settings.app_uid), int(settings.app_gid)
-    for name in ("workspace", "mlruns"):
+    for name in HANDED_OVER:
         top = settings.root / name
         for folder, dirs, files in os.walk(top):
             for path in [folder, *(os.path.join(folder, entry) for entry in dirs + files)]:

@@ -164,7 +164,7 @@ class CsvInput:
 class ParquetInput:
     line_offset = None
 
-    def __init__(self, path, types, batch_rows):
+    def __init__(self, path, batch_rows):
         self.path = path
         if os.path.getsize(path) == 0:
             raise BadInput(f"IN={path} is empty")
@@ -344,7 +344,7 @@ def score_file(model, scorer, source, target, out_format, engine, progress):
     in_format = file_format(source, "IN")
     types = model.arrow_types()
     reader = (CsvInput(source, types, CSV_BLOCK_BYTES[engine]) if in_format == "csv"
-              else ParquetInput(source, types, CHUNK_ROWS[engine]))
+              else ParquetInput(source, CHUNK_ROWS[engine]))
     model.check(reader.schema)
     output = Output(target, out_format)
     rows = 0

@@ -135,9 +135,3 @@ class SparkScorer:
         if self._spark is not None:
             self._spark.stop()
             self._spark = None
-
-    def __enter__(self) -> SparkScorer:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()

@@ -11,52 +11,23 @@ import time
 import urllib.request
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 import pytest
-import requests
-from wine_data import TARGET, load_wine_data
+from wine_data import load_wine_data
+
+from tests.support.batch import FEATURES, leftovers, read, served_predictions, wine_rows, write
 
 SHIPPED = "workspace/data/winequality-red.csv"
-FEATURES = [name for name in load_wine_data().columns if name != TARGET]
 SUMMARY = re.compile(r"^batch: scored ([\d,]+) rows in .* with (models:/wine-quality/\d+) \([^)]*\)(.*); peak memory",
                      re.M)
 
 
-def wine_rows(count, seed=0):
-    """count rows like the wine data's, with the features in another order and two columns the model
-    does not use."""
-    rows = load_wine_data().sample(n=count, replace=True, random_state=seed).reset_index(drop=True)
-    rows[FEATURES] = rows[FEATURES] + np.random.default_rng(seed).normal(scale=0.01, size=(count, len(FEATURES)))
-    rows = rows[["quality", *reversed(FEATURES)]]
-    rows.insert(0, "id", np.arange(count))
-    return rows
-
-
-def write(frame, path):
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    pacsv.write_csv(table, path) if str(path).endswith(".csv") else pq.write_table(table, path)
-
-
-def read(path):
-    return pq.read_table(path).to_pandas() if str(path).endswith(".parquet") else pd.read_csv(path)
-
-
-def served_predictions(url, frame):
-    answers = []
-    for start in range(0, len(frame), 20_000):
-        part = frame.iloc[start:start + 20_000]
-        body = {"dataframe_split": {"columns": list(part.columns), "data": part.to_numpy().tolist()}}
-        response = requests.post(url, json=body, timeout=120)
-        assert response.status_code == 200, response.text
-        answers += response.json()["predictions"]
-    return np.array(answers)
-
-
-def leftovers(folder, out_name):
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(f".{out_name}."))
+def users_file(stack, name, make):
+    """A file the user put in workspace/: made by make(path), owned by the containers' user as the
+    folder's other files are (the tests run as root)."""
+    path = stack.root / "workspace" / name
+    make(path)
+    os.chown(path, stack.app_uid, stack.app_uid if os.getuid() == 0 else os.getgid())
+    return path
 
 
 @pytest.fixture
@@ -71,7 +42,7 @@ def served_model(stack, served):
 def rows_200k(stack, tmp_path_factory):
     """200,000 generated rows, as CSV under workspace/ (where users keep their data)."""
     frame = wine_rows(200_000)
-    write(frame, stack.root / "workspace" / "rows-200k.csv")
+    users_file(stack, "rows-200k.csv", lambda path: write(frame, path))
     return frame
 
 
@@ -95,7 +66,10 @@ def test_the_shipped_csv_gets_the_servers_predictions(stack, served_model, tmp_p
 def test_200k_rows_in_any_column_order_to_csv(stack, served_model, rows_200k):
     url, model = served_model
     stack.make("batch", "IN=workspace/rows-200k.csv", "OUT=workspace/scored-200k.csv", f"MODEL={model}", timeout=600)
-    scored = read(stack.root / "workspace" / "scored-200k.csv")
+    out = stack.root / "workspace" / "scored-200k.csv"
+    # Under workspace/, OUT is the containers' user's, as make up hands the folder over (JupyterLab can change it).
+    assert out.stat().st_uid == stack.app_uid
+    scored = read(out)
     assert list(scored.columns) == [*rows_200k.columns, "prediction"]
     assert (scored["id"].to_numpy() == rows_200k["id"].to_numpy()).all()
     assert np.abs(scored["prediction"].to_numpy() - served_predictions(url, rows_200k)).max() <= 1e-9
@@ -171,10 +145,10 @@ BAD = [
 @pytest.mark.parametrize("what,args,expected,status", BAD, ids=[case[0] for case in BAD])
 def test_bad_input_is_one_line_and_writes_nothing(stack, trained_run, what, args, expected, status):
     rows = wine_rows(10)
-    write(rows.drop(columns="alcohol"), stack.root / "workspace" / "no-alcohol.csv")
+    users_file(stack, "no-alcohol.csv", lambda path: write(rows.drop(columns="alcohol"), path))
     words = rows.astype({"pH": object})
     words.loc[2, "pH"] = "high"
-    words.to_csv(stack.root / "workspace" / "a-word.csv", index=False)
+    users_file(stack, "a-word.csv", lambda path: words.to_csv(path, index=False))
     result = stack.make("batch", *args, check=False, timeout=600)
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"batch] Error {status}" in result.stderr

@@ -10,39 +10,16 @@ import sys
 import time
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 import pytest
-import requests
 from batch_score import sniff_delimiter
-from wine_data import TARGET, load_wine_data
+from wine_data import load_wine_data
 
+from tests.support.batch import FEATURES, leftovers, read, served_predictions, wine_rows, write
 from tests.support.helpers import ROOT
 
 BATCH = ROOT / "images" / "batch" / "batch_score.py"
-FEATURES = [name for name in load_wine_data().columns if name != TARGET]
 SUMMARY = re.compile(r"^batch: scored ([\d,]+) rows in [\d.]+ s \(([\d,]+) rows/s; [\d.]+ s in all\) with "
                      r"(\S+) \(([^)]*)\); peak memory ([\d,]+) MB$", re.M)
-
-
-def wine_rows(count, seed=0):
-    """count rows like the wine data's (sampled, with a little noise), the features in reverse order,
-    an `id` first and the data's `quality` kept: columns the model does not use."""
-    data = load_wine_data()
-    rows = data.sample(n=count, replace=True, random_state=seed).reset_index(drop=True)
-    noise = np.random.default_rng(seed).normal(scale=0.01, size=(count, len(FEATURES)))
-    rows[FEATURES] = rows[FEATURES] + noise
-    rows = rows[["quality", *reversed(FEATURES)]]
-    rows.insert(0, "id", np.arange(count))
-    return rows
-
-
-def write(frame, path):
-    """frame as CSV or Parquet by path's extension; pyarrow's CSV writer is many times faster than pandas'."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    pacsv.write_csv(table, path) if str(path).endswith(".csv") else pq.write_table(table, path)
 
 
 def batch(env, *args, timeout=600):
@@ -53,26 +30,6 @@ def batch(env, *args, timeout=600):
 def job_env(env):
     # As in the batch image: the model server's modules beside the job's.
     return dict(env, PYTHONPATH=str(ROOT / "images" / "serve"))
-
-
-def served_predictions(base, frame):
-    """What the stack's scoring server answers for these rows (in chunks: its request limit)."""
-    answers = []
-    for start in range(0, len(frame), 20_000):
-        part = frame.iloc[start:start + 20_000]
-        body = {"dataframe_split": {"columns": list(part.columns), "data": part.to_numpy().tolist()}}
-        response = requests.post(f"{base}/invocations", json=body, timeout=60)
-        assert response.status_code == 200, response.text
-        answers += response.json()["predictions"]
-    return np.array(answers)
-
-
-def read(path):
-    return pq.read_table(path).to_pandas() if str(path).endswith(".parquet") else pd.read_csv(path)
-
-
-def leftovers(folder, out_name):
-    return [p.name for p in folder.iterdir() if p.name.startswith(f".{out_name}.")]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +50,7 @@ def test_predictions_are_the_scoring_servers(client_env, trained, devstack_serve
     assert list(scored.columns) == [*rows_200k.columns, "prediction"]
     assert (scored["id"].to_numpy() == rows_200k["id"].to_numpy()).all()
     assert np.allclose(scored[FEATURES].to_numpy(), rows_200k[FEATURES].to_numpy(), rtol=0, atol=1e-12)
-    expected = served_predictions(devstack_server, rows_200k)
+    expected = served_predictions(f"{devstack_server}/invocations", rows_200k)
     assert np.abs(scored["prediction"].to_numpy() - expected).max() <= 1e-9
     summary = SUMMARY.search(result.stdout)
     assert summary, result.stdout
@@ -112,7 +69,7 @@ def test_the_shipped_csv_and_the_progress_lines(client_env, trained, devstack_se
     data = load_wine_data()
     scored = read(out)
     assert list(scored.columns) == [*data.columns, "prediction"]
-    expected = served_predictions(devstack_server, data[FEATURES])
+    expected = served_predictions(f"{devstack_server}/invocations", data[FEATURES])
     assert np.abs(scored["prediction"].to_numpy() - expected).max() <= 1e-9
     assert re.search(r"^batch: 100%  1,599 rows  [\d,]+ rows/s$", result.stderr, re.M), result.stderr
     # models:/NAME is @champion if set, else the latest version: the summary says which.
