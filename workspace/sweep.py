@@ -8,6 +8,14 @@ registered model). `make sweep` drives it in three steps:
     python sweep.py work --study NAME --points '[[0.01, 0.1], [0.1, 0.9]]'     # one worker container
     python sweep.py report --study NAME [--promote]                            # table by rmse
 
+`make k8s-sweep` runs `plan` once (a Helm hook Job), then PARALLEL pods of one Kubernetes Job, each
+running `python sweep.py queue --run RUN [--alphas ...] [--l1-ratios ...]`: a pod has no share of
+its own (Kubernetes 1.20 has no indexed Jobs), so each claims the missing points one at a time, in
+the tracking server, until none is left. A claim is a param of the study's run, `claim.RUN.<i>`,
+whose value names the pod: MLflow refuses to change a logged param, so of two pods claiming the same
+point, exactly one succeeds (the database's key decides), and a retried pod of the same run (a new
+name) does not run a point twice.
+
 Every grid point runs exactly once: `plan` hands each missing point to one worker, which fixes the
 trial's parameters (Optuna's PartialFixedSampler over the GridSampler), rather than letting parallel
 GridSamplers pick, which can pick the same point twice. Re-running a sweep completes what is missing.
@@ -67,13 +75,22 @@ def parse_args(argv=None):
     work = steps.add_parser("work")
     work.add_argument("--study", required=True)
     work.add_argument("--points", required=True, help="JSON list of [alpha, l1_ratio]")
+    queue = steps.add_parser("queue")
+    queue.add_argument("--alphas", default=",".join(map(str, DEFAULT_ALPHAS)))
+    queue.add_argument("--l1-ratios", default=",".join(map(str, DEFAULT_L1_RATIOS)))
+    queue.add_argument("--run", required=True, help="names this sweep's claims (one per make k8s-sweep)")
     report = steps.add_parser("report")
     report.add_argument("--study", required=True)
     report.add_argument("--promote", action="store_true", help="then move @champion to the best version")
-    for step in (plan, work, report):
+    for step in (plan, work, queue, report):
         step.add_argument("--experiment", default=DEFAULT_NAME)
         step.add_argument("--registered-model", default=DEFAULT_NAME)
     args = parser.parse_args(argv)
+    if args.step == "queue":
+        args.alphas = parse_values(queue, "alphas", args.alphas, 0, 1e6)
+        args.l1_ratios = parse_values(queue, "l1-ratios", args.l1_ratios, 0, 1)
+        if not all(c.isalnum() or c in "-_." for c in args.run) or not 0 < len(args.run) <= 64:
+            queue.error(f"run must be 1-64 letters, digits, '-', '_' or '.', got {args.run!r}")
     if args.step == "plan":
         args.alphas = parse_values(plan, "alphas", args.alphas, 0, 1e6)
         args.l1_ratios = parse_values(plan, "l1-ratios", args.l1_ratios, 0, 1)
@@ -131,12 +148,53 @@ def plan(args):
     return 0
 
 
+def claim(client, study_run, key, owner):
+    """True when this owner holds the claim `key` (now, or from before); False when another does."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.log_param(study_run, key, owner)
+        return True
+    except MlflowException as error:
+        if "Changing param values is not allowed" in str(error):
+            return False
+        raise
+
+
+def queue(args):
+    import os
+    import socket
+
+    from mlflow.tracking import MlflowClient
+
+    name = study_name(args.alphas, args.l1_ratios)
+    study, storage = open_study(args.experiment, name)
+    grid = grid_of(args.alphas, args.l1_ratios)
+    done = completed_points(study)
+    owner = f"{os.environ.get('HOSTNAME') or socket.gethostname()}:{os.getpid()}"
+    client = MlflowClient()
+    ran = 0
+    for index, point in enumerate(grid):
+        if tuple(point) in done or not claim(client, study._study_id, f"claim.{args.run}.{index}", owner):
+            continue
+        run_points(args, study, storage, [point])
+        ran += 1
+    print(f"queue: {owner} ran {ran} of the {len(grid)} points of study {name}; none is left to claim", flush=True)
+    return 0
+
+
 def work(args):
+    study, storage = open_study(args.experiment, args.study)
+    run_points(args, study, storage, json.loads(args.points))
+    return 0
+
+
+def run_points(args, study, storage, points):
+    """Runs each [alpha, l1_ratio] of points as one trial of the study (its parameters fixed)."""
     import optuna
     from mlflow.tracking import MlflowClient
     from wine_data import load_wine_data
 
-    study, storage = open_study(args.experiment, args.study)
     alphas, l1_ratios = study.user_attrs["grid"]
     data = load_wine_data()
 
@@ -153,11 +211,10 @@ def work(args):
         return metrics["rmse"]
 
     grid_sampler = optuna.samplers.GridSampler({"alpha": alphas, "l1_ratio": l1_ratios})
-    for alpha, l1_ratio in json.loads(args.points):
+    for alpha, l1_ratio in points:
         study.sampler = optuna.samplers.PartialFixedSampler({"alpha": alpha, "l1_ratio": l1_ratio}, grid_sampler)
         study.optimize(objective, n_trials=1, catch=())
     storage.flush_all_batches()
-    return 0
 
 
 def report(args):
@@ -201,7 +258,7 @@ def main(argv=None):
     except ConnectionError as error:
         print(f"sweep.py: error: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    return {"plan": plan, "work": work, "report": report}[args.step](args)
+    return {"plan": plan, "work": work, "queue": queue, "report": report}[args.step](args)
 
 
 if __name__ == "__main__":
