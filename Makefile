@@ -9,7 +9,8 @@ PYTHON3 = python3
 DEVSTACK = $(PYTHON3) -m devstack
 
 .PHONY: help up down build base-image garage-image spark-image ps logs urls doctor ssh ssh-config tunnel lab train \
-  serve project sweep promote package predict batch user copy-to-team backup restore test test-e2e test-fast \
+  serve project sweep promote package predict batch \
+  k8s-up k8s-deploy k8s-sweep k8s-down k8s-image user copy-to-team backup restore test test-e2e test-fast \
   lint bench lock clean
 
 help:
@@ -62,6 +63,18 @@ predict:
 	@$(DEVSTACK) predict
 batch:
 	@$(DEVSTACK) batch
+
+##@ Kubernetes
+k8s-up:
+	@$(DEVSTACK) k8s-up
+k8s-deploy:
+	@$(DEVSTACK) k8s-deploy
+k8s-sweep:
+	@$(DEVSTACK) k8s-sweep
+k8s-down:
+	@$(DEVSTACK) k8s-down
+k8s-image:
+	@$(DEVSTACK) k8s-image
 
 ##@ Team mode
 user:

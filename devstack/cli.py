@@ -53,6 +53,18 @@ COMMANDS = [
         ("batch", "batch:batch", "Score a CSV or Parquet file of any size: make batch IN=data.csv OUT=scored.parquet "
                                  "[MODEL=...] [ENGINE=spark] [SPARK_MASTER=spark://host:7077]"),
     ]),
+    ("Kubernetes (docs/kubernetes.md)", [
+        ("k8s-up", "k8s:k8s_up", "Start a one-node Kubernetes cluster here (built from Debian packages once) and "
+                                 "make it kubectl's context"),
+        ("k8s-deploy", "k8s:k8s_deploy", "Package the model and install the Helm chart (model, tracking) into "
+                                         "kubectl's context: make k8s-deploy [MODEL=...] [VALUES=file.yaml]"),
+        ("k8s-sweep", "k8s:k8s_sweep", "The grid search as a Kubernetes Job: make k8s-sweep [PARALLEL=2] "
+                                       "[ALPHAS=...] [L1_RATIOS=...]"),
+        ("k8s-down", "k8s:k8s_down", "Stop the local cluster (its state stays for k8s-up); on another cluster, "
+                                     "uninstall the chart"),
+        ("k8s-image", "k8s:make_k8s_image", "Build the local cluster's images (Kubernetes from Debian's source; "
+                                            "once per machine)"),
+    ]),
     ("Team mode (TEAM=1: PostgreSQL, Garage, two tracking replicas, login)", [
         ("user", "team:user", "Create a team login with a generated password: make user NAME=alice TEAM=1"),
         ("copy-to-team", "team:copy_to_team", "Copy the local stack's runs and models (./mlruns) into team mode: "

@@ -202,4 +202,5 @@ def package(settings):
         shutil.rmtree(work, ignore_errors=True)
     say(f"Built {image}: {picked}, with the stack's scoring server baked in.")
     say(f"Run it (no tracking server needed): docker run --rm -p 127.0.0.1:5001:8080 {image}")
+    return image, resolved
 

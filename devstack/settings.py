@@ -28,12 +28,13 @@ SPARK_COMPOSE_FILE = "compose.spark.yaml"
 REQUIRED = ("BIND_ADDRESS", "TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT", "MODEL_URI",
             "SERVE_SERVER", "MLFLOW_DISABLE_TELEMETRY", "BASE_IMAGE", "LOCAL_BASE_IMAGE", "IMAGE_PREFIX",
             "STACK_VERSION", "GARAGE_IMAGE", "LOCAL_GARAGE_IMAGE", "BUILD_NETWORK", "PROMOTE_TOLERANCE",
-            "SPARK_UI_PORT")
-PORTS = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT", "SPARK_UI_PORT")
+            "SPARK_UI_PORT", "K8S_API_PORT", "K8S_SERVE_PORT", "K8S_TRACKING_PORT", "K8S_NAMESPACE")
+PORTS = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT", "SPARK_UI_PORT", "K8S_API_PORT", "K8S_SERVE_PORT",
+         "K8S_TRACKING_PORT")
 # What may be set in .env but may be empty.
 OPTIONAL = ("COMPOSE_PROJECT_NAME", "TRACKING_ALLOWED_HOSTS", "SERVE_WORKERS", "SERVE_MAX_REQUEST_MB",
             "SERVE_TIMEOUT", "SERVE_ALLOWED_HOSTS", "APP_UID", "APP_GID", "EXTRA_CA_CERTS", "SPARK_MASTER",
-            "SPARK_DRIVER_HOST")
+            "SPARK_DRIVER_HOST", "K8S_CONTEXT", "K8S_REGISTRY")
 # What make's command line (or the shell) passes to one command: make train ALPHA=0.1 ...
 # name -> default.
 ARGUMENTS = {
@@ -41,6 +42,7 @@ ARGUMENTS = {
     "PROJECT": "workspace", "PROJECT_VERSION": "", "NAME": "", "DIR": "", "ALPHAS": "", "L1_RATIOS": "",
     "PROMOTE": "", "PARALLEL": "", "SERVICE": "", "REMOTE": "", "CONFIRM": "", "PYTEST_ARGS": "",
     "BENCH_ARGS": "", "TEAM": "", "FORCE": "", "IN": "", "OUT": "", "ENGINE": "", "SPARK": "",
+    "VALUES": "", "K8S_TIMEOUT": "5m", "KUBECTL": "", "HELM": "",
 }
 
 

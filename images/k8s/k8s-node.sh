@@ -62,7 +62,7 @@ chmod 600 "$pki"/*.key "$pki/admin.kubeconfig"
 kubeconfig=$pki/admin.kubeconfig
 
 pids=()
-start() {  # start NAME COMMAND...: its output goes to STATE/logs/NAME.log (make k8s-logs shows them)
+start() {  # start NAME COMMAND...: its output goes to STATE/logs/NAME.log
   local name=$1
   shift
   "$@" >>"$STATE/logs/$name.log" 2>&1 &
@@ -126,6 +126,7 @@ start kube-apiserver kube-apiserver --etcd-servers http://127.0.0.1:2379 \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key" \
+  --kubelet-preferred-address-types InternalIP \
   --allow-privileged=false --profiling=false
 ready kube-apiserver https://127.0.0.1:6443/readyz "$pki"
 

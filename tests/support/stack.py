@@ -24,8 +24,9 @@ NOT_COPIED = {".git", ".venv", ".build", ".secrets", "__pycache__", ".pytest_cac
 # What the test runner's environment must not hand to a stack: it would override the copy's .env,
 # or (make's own) hand the stack's make the variables of the `make test` that started the tests.
 NOT_INHERITED = ("COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "TEAM", "SPARK", "APP_UID", "APP_GID", "MAKEFLAGS", "MFLAGS",
-                 "MAKELEVEL")
-PORT_VARIABLES = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT", "SPARK_UI_PORT")
+                 "MAKELEVEL", "K8S_CONTEXT", "K8S_REGISTRY", "KUBECONFIG")
+PORT_VARIABLES = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT", "SPARK_UI_PORT", "K8S_API_PORT",
+                  "K8S_SERVE_PORT", "K8S_TRACKING_PORT")
 
 
 def compose_command():
