@@ -241,9 +241,38 @@ def k8s_up(settings):
     wait_ready(settings)
     run(kubectl(settings, "apply", "-f", "-"), settings, input=STORAGE_CLASS_MANIFEST, text=True,
         stdout=subprocess.DEVNULL)
+    wait_deployments(settings)
     say(f"Kubernetes {K8S_VERSION} is up: kubectl's context is now '{LOCAL_CONTEXT}' "
         f"(API at https://{settings.host_address}:{settings.port('K8S_API_PORT')}).")
     say("Next: make k8s-deploy   (the packaged model and a tracking server; docs/kubernetes.md)")
+
+
+def wait_deployments(settings):
+    """After a restart the node brings back what ran: waits until the model and the tracking server
+    answer on their ports again (the API's status of a pod is the one from before the restart until
+    the kubelet has looked), so that the URLs work when make k8s-up returns."""
+    names = subprocess.run(kubectl(settings, "-n", settings["K8S_NAMESPACE"], "get", "deployments", "-o",
+                                   "jsonpath={.items[*].metadata.name}"), capture_output=True, text=True).stdout.split()
+    urls = {f"{RELEASE}-model": f"http://{settings.host_address}:{settings.port('K8S_SERVE_PORT')}/ping",
+            f"{RELEASE}-tracking": f"http://{settings.host_address}:{settings.port('K8S_TRACKING_PORT')}/health"}
+    waiting = {name: urls[name] for name in names if name in urls}
+    if not waiting:
+        return
+    say(f"k8s-up: waiting for what ran before: {', '.join(waiting)}")
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback
+    deadline = time.monotonic() + UP_SECONDS
+    while waiting and time.monotonic() < deadline:
+        for name, url in list(waiting.items()):
+            try:
+                with direct.open(url, timeout=3) as answer:
+                    if answer.status == 200:
+                        del waiting[name]
+            except OSError:
+                pass
+        time.sleep(1)
+    for name in waiting:
+        warn(f"k8s-up: {name} does not answer yet at {waiting[name]}: see kubectl -n {settings['K8S_NAMESPACE']} "
+             "get pods")
 
 
 STORAGE_CLASS_MANIFEST = f"""apiVersion: storage.k8s.io/v1

@@ -36,6 +36,13 @@ def post(port, body=ROWS, timeout=10):
         connection.close()
 
 
+def answers(port):
+    try:
+        return post(port, timeout=5)[0] == 200
+    except OSError:
+        return False
+
+
 class Cluster:
     def __init__(self, stack, kubeconfig):
         self.stack = stack
@@ -245,7 +252,9 @@ def test_k8s_down_and_up_keep_what_ran(cluster):
     leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", f"name={cluster.stack.project}-k8s"],
                                capture_output=True, text=True).stdout.split()
     assert not leftovers
-    cluster.stack.make("k8s-up", timeout=900)
-    cluster.wait_for(lambda: len(cluster.ready_model_pods()) == 2, "the model's pods are back")
-    assert post(cluster.serve_port)[0] == 200
+    up = cluster.stack.make("k8s-up", timeout=900)
+    assert "waiting for what ran before: mlflow-devstack-model, mlflow-devstack-tracking" in up.stdout
+    assert len(cluster.ready_model_pods()) == 2
+    # The NodePort follows the new pods' Endpoints a moment after they are ready.
+    cluster.wait_for(lambda: answers(cluster.serve_port), "the model answers through its NodePort", timeout=60)
     assert experiment_id(cluster) == experiment  # the tracking server's volume came back with its runs
