@@ -132,6 +132,10 @@ def urls(settings):
     say(f"  Model server {settings.url('SERVE_PORT')}/invocations   (after: make serve)")
     if settings.spark or container_of(settings, "spark-master", required=False):
         say(f"  Spark UI     {settings.url('SPARK_UI_PORT')}   (make batch ENGINE=spark runs on this cluster)")
+    from .k8s import local_running
+    if local_running(settings):
+        say(f"  Kubernetes   model {settings.url('K8S_SERVE_PORT')}/invocations, tracking "
+            f"{settings.url('K8S_TRACKING_PORT')}   (the local cluster: make k8s-deploy)")
     if settings.team:
         say(f"  Team login   admin / {secret(settings, 'mlflow_admin_password')}   "
             "(more users: make user NAME=alice TEAM=1)")
