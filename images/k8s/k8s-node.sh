@@ -144,8 +144,8 @@ mkdir -p "$STATE/sysctl"
 for setting in kernel/panic=10 kernel/panic_on_oops=1 vm/overcommit_memory=1; do
   path=/proc/sys/${setting%=*}
   if [ "$(cat "$path")" != "${setting#*=}" ]; then
-    echo "${setting#*=}" >"$STATE/sysctl/${setting%=*}" 2>/dev/null \
-      || { mkdir -p "$STATE/sysctl/${setting%/*}"; echo "${setting#*=}" >"$STATE/sysctl/${setting%=*}"; }
+    mkdir -p "$(dirname "$STATE/sysctl/${setting%=*}")"
+    echo "${setting#*=}" >"$STATE/sysctl/${setting%=*}"
     mount --bind "$STATE/sysctl/${setting%=*}" "$path"
   fi
 done

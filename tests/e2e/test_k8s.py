@@ -94,8 +94,11 @@ def cluster(stack, trained_run, tmp_path_factory):
         assert "Deployed models:/wine-quality/" in deployed.stdout
         yield cluster
     finally:
-        stack.make("k8s-down", check=False, timeout=600)
+        down = stack.make("k8s-down", check=False, timeout=600)
+        node = subprocess.run(["docker", "rm", "-f", f"{stack.project}-k8s"], capture_output=True, text=True)
         shutil.rmtree(f"/var/lib/mlflow-devstack/{stack.project}", ignore_errors=True)
+        assert down.returncode == 0, down.stderr
+        assert "No such container" in node.stderr, "make k8s-down left the node container"
 
 
 def test_k8s_up_made_its_context_current(cluster):
