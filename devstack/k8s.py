@@ -456,7 +456,7 @@ def check_values(settings, release, values):
 def check_model(settings):
     """Stops with one line when MODEL names a registered model, version or alias the stack's tracking
     server does not have (runs:/ and other URIs are left to make package)."""
-    from .stack import admin_login
+    from .stack import ask_tracking
 
     found = re.fullmatch(r"models:/([^/@]+)(?:/([^/@]+)|@([^/@]+))?", settings.model)
     if not found:
@@ -468,13 +468,8 @@ def check_model(settings):
         endpoint, query["version"] = "model-versions/get", version
     elif alias:
         endpoint, query["alias"] = "registered-models/alias", alias
-    request = urllib.request.Request(f"{settings.ui_base}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}")
-    login = admin_login(settings)
-    if login:
-        request.add_header("Authorization", login)
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the stack is local
     try:
-        direct.open(request, timeout=10).close()
+        ask_tracking(settings, endpoint, query, timeout=10).close()
     except urllib.error.HTTPError as error:
         if error.code == 404:
             fail(f"MODEL={settings.model} is not in the stack's tracking server: train and register one first "

@@ -101,19 +101,23 @@ def admin_login(settings):
     return "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()
 
 
+def ask_tracking(settings, endpoint, query, timeout=5):
+    """GET /api/2.0/mlflow/<endpoint>?<query> of the stack's tracking server (as the admin in team
+    mode), straight to it (no proxy: it is local); the open answer. Raises OSError (HTTPError too)."""
+    request = urllib.request.Request(f"{settings.ui_base}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}")
+    login = admin_login(settings)
+    if login:
+        request.add_header("Authorization", login)
+    return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=timeout)
+
+
 def ui_url(settings):
     """The MLflow UI address to open, in the "Model training" view (MLflow 3 opens on its GenAI view
     otherwise; the parameter must sit in the #-route to count). Once the tutorial's experiment exists,
     its runs table with the metrics as columns (the shared view train.py saves); before, the list."""
     base = settings.ui_base
-    query = urllib.parse.urlencode({"experiment_name": EXPERIMENT})
-    request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?{query}")
-    login = admin_login(settings)
-    if login:
-        request.add_header("Authorization", login)
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the stack is local
     try:
-        with direct.open(request, timeout=5) as answer:
+        with ask_tracking(settings, "experiments/get-by-name", {"experiment_name": EXPERIMENT}) as answer:
             found = json.load(answer)["experiment"]
     except (OSError, ValueError, KeyError):  # not there yet, or the server is not up
         return f"{base}/#/experiments?{MODE}"
