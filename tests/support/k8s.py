@@ -5,8 +5,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "mlflow-devstack"
 # Where the host CLI puts the tools it fetches.
@@ -36,6 +34,8 @@ def helm_command():
 
 def values_args(values):
     """helm's options for a dict of values: written to a temporary file, as -f takes them (-f, PATH)."""
+    import yaml  # here, not at the top: the host CLI's tests import this module under Python 3.9 without PyYAML
+
     handle, path = tempfile.mkstemp(prefix="values-", suffix=".yaml")
     with os.fdopen(handle, "w") as file:
         yaml.safe_dump(values or {}, file)
@@ -63,4 +63,6 @@ def template(values=None, kube_version=None, *extra, check=True):
 
 def render(values=None, kube_version=None, *extra):
     """The chart's objects, as dicts, for these values (and --set options in extra) and Kubernetes version."""
+    import yaml
+
     return [doc for doc in yaml.safe_load_all(template(values, kube_version, *extra).stdout) if doc]
