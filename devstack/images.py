@@ -179,6 +179,15 @@ def streamed(command, settings, env, out=None):
     return process.wait(), "".join(seen)
 
 
+def docker_build(settings, arguments):
+    """docker build ARGUMENTS, its output on stderr; a failure stops the command (with the one line on
+    TLS when pip could not verify it)."""
+    status, log = streamed(["docker", "build", *arguments], settings, settings.compose_env(), out=sys.stderr)
+    if status != 0:
+        line = tls_failure(log)
+        raise Failure(*([line] if line else []), status=status)
+
+
 def build(settings):
     """Builds the stack's images (tracking, dev, serve; team mode's too) on a registry-free base if
     need be."""
@@ -239,14 +248,10 @@ def spark_image(settings):
         base = base_image(settings)
         warn(f"spark-image: building {image} (PySpark and a JDK: a few minutes the first time)")
         started = time.monotonic()
-        status, log = streamed(["docker", "build", "-f", str(settings.root / "images" / "spark" / "Dockerfile"),
+        docker_build(settings, ["-f", str(settings.root / "images" / "spark" / "Dockerfile"),
                                 "--network", settings["BUILD_NETWORK"], "--build-arg", f"BASE_IMAGE={base}",
                                 "--build-arg", f"APP_UID={settings.app_uid}", "--build-arg",
-                                f"APP_GID={settings.app_gid}", "-t", image, str(settings.root)], settings,
-                               settings.compose_env(), out=sys.stderr)
-        if status != 0:
-            line = tls_failure(log)
-            raise Failure(*([line] if line else []), status=status)
+                                f"APP_GID={settings.app_gid}", "-t", image, str(settings.root)])
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.touch()
         warn(f"spark-image: built {image} in {time.monotonic() - started:.0f} s")

@@ -14,7 +14,6 @@ import platform
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -176,14 +175,10 @@ def k8s_image(settings):
                  "(6-10 min on 2 cores, once per machine)")
         started = time.monotonic()
         for dockerfile, target, name in steps:
-            status, log = images.streamed(
-                ["docker", "build", "-f", str(settings.root / "images" / "k8s" / dockerfile),
-                 *(["--target", target] if target else []), "--network", settings["BUILD_NETWORK"],
-                 "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"K8S_BINARIES={binaries}", "-t", name,
-                 str(settings.root)], settings, settings.compose_env(), out=sys.stderr)
-            if status != 0:
-                line = images.tls_failure(log)
-                raise Failure(*([line] if line else []), status=status)
+            images.docker_build(settings, [
+                "-f", str(settings.root / "images" / "k8s" / dockerfile), *(["--target", target] if target else []),
+                "--network", settings["BUILD_NETWORK"], "--build-arg", f"BASE_IMAGE={base}",
+                "--build-arg", f"K8S_BINARIES={binaries}", "-t", name, str(settings.root)])
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.touch()
         warn(f"k8s-image: built {node} in {time.monotonic() - started:.0f} s")
