@@ -11,10 +11,12 @@ registered model). `make sweep` drives it in three steps:
 `make k8s-sweep` runs `plan` once (a Helm hook Job), then PARALLEL pods of one Kubernetes Job, each
 running `python sweep.py queue --run RUN [--alphas ...] [--l1-ratios ...]`: a pod has no share of
 its own (Kubernetes 1.20 has no indexed Jobs), so each claims the missing points one at a time, in
-the tracking server, until none is left. A claim is a param of the study's run, `claim.RUN.<i>`,
-whose value names the pod: MLflow refuses to change a logged param, so of two pods claiming the same
-point, exactly one succeeds (the database's key decides), and a retried pod of the same run (a new
-name) does not run a point twice.
+the tracking server, until none is left. A claim is a param of the study's run,
+`claim.RUN.<i>.<attempt>`, whose value names the pod: MLflow refuses to change a logged param, so of
+two pods claiming the same point, exactly one succeeds (the database's key decides), and a retried
+pod of the same run (a new name) does not run a point twice. A pod whose trial fails says why, marks
+that attempt failed (`failed.RUN.<i>.<attempt>`) and claims the point's next attempt, up to
+ATTEMPTS; a pod seeing a failed attempt's mark may take the next one too.
 
 Every grid point runs exactly once: `plan` hands each missing point to one worker, which fixes the
 trial's parameters (Optuna's PartialFixedSampler over the GridSampler), rather than letting parallel
@@ -32,6 +34,7 @@ DEFAULT_ALPHAS = (0.0001, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
 DEFAULT_L1_RATIOS = (0.1, 0.5, 0.9)
 MAX_PARALLEL = 64
 MAX_POINTS = 1000
+ATTEMPTS = 3  # tries of one grid point in `queue`, across the pods of one run
 
 
 def parse_values(parser, name, raw, low, high):
@@ -173,14 +176,38 @@ def queue(args):
     done = completed_points(study)
     owner = f"{os.environ.get('HOSTNAME') or socket.gethostname()}:{os.getpid()}"
     client = MlflowClient()
-    ran = 0
+    ran, given_up = 0, []
     for index, point in enumerate(grid):
-        if tuple(point) in done or not claim(client, study._study_id, f"claim.{args.run}.{index}", owner):
+        if tuple(point) in done:
             continue
-        run_points(args, study, storage, [point])
-        ran += 1
+        outcome = run_claimed(args, client, study, storage, owner, index, point)
+        ran += outcome == "ran"
+        if outcome == "gave up":
+            given_up.append(point)
     print(f"queue: {owner} ran {ran} of the {len(grid)} points of study {name}; none is left to claim", flush=True)
+    if given_up:
+        print(f"sweep.py: error: {len(given_up)} grid points failed {ATTEMPTS} times ({given_up}): see the "
+              "errors above; make k8s-sweep again runs what is missing", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
+
+
+def run_claimed(args, client, study, storage, owner, index, point):
+    """Claims and runs one grid point: "ran", "taken" (another pod holds it) or "gave up" (its
+    last attempt failed here). A failed attempt is marked, so this pod or another takes the next."""
+    for attempt in range(ATTEMPTS):
+        if not claim(client, study._study_id, f"claim.{args.run}.{index}.{attempt}", owner):
+            if f"failed.{args.run}.{index}.{attempt}" in client.get_run(study._study_id).data.params:
+                continue  # that try failed: the next attempt is free to claim
+            return "taken"
+        try:
+            run_points(args, study, storage, [point])
+            return "ran"
+        except Exception as error:  # noqa: BLE001 - said in one line, then the point is tried again
+            print(f"sweep.py: alpha={point[0]:g} l1_ratio={point[1]:g} failed (attempt {attempt + 1} of "
+                  f"{ATTEMPTS}): {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            client.log_param(study._study_id, f"failed.{args.run}.{index}.{attempt}", owner)
+    return "gave up"
 
 
 def work(args):
@@ -203,10 +230,13 @@ def run_points(args, study, storage, points):
         l1_ratio = trial.suggest_float("l1_ratio", min(l1_ratios), max(l1_ratios))
         model, train_x, metrics = train_model(data, alpha, l1_ratio)
         storage.flush_all_batches()  # the trial's params are in its run before the model joins them
-        log_training(model, train_x, metrics, {"alpha": alpha, "l1_ratio": l1_ratio}, args.experiment,
-                     args.registered_model, run_id=trial._trial_id, data=data)  # the trial is an MLflow run
-        # Leaving the run marked it finished; Optuna finishes the trial (and the run) itself.
-        MlflowClient().update_run(trial._trial_id, status="RUNNING")
+        try:
+            log_training(model, train_x, metrics, {"alpha": alpha, "l1_ratio": l1_ratio}, args.experiment,
+                         args.registered_model, run_id=trial._trial_id, data=data)  # the trial is an MLflow run
+        finally:
+            # Leaving the run marked it FINISHED, or FAILED on an error; Optuna finishes the trial (and
+            # the run) itself. Left FAILED, Optuna raises "Cannot tell a FAIL trial" instead of the error.
+            MlflowClient().update_run(trial._trial_id, status="RUNNING")
         print(f"alpha={alpha:g} l1_ratio={l1_ratio:g}: rmse={metrics['rmse']:.4f}", flush=True)
         return metrics["rmse"]
 

@@ -1,5 +1,6 @@
 """The sweep's work queue (workspace/sweep.py queue, what make k8s-sweep's Job pods run) against the
-real tracking server: pods racing for the same grid points run each exactly once."""
+real tracking server: pods racing for the same grid points run each exactly once, and a point whose
+trial fails is said in one line and tried again, here or by another pod."""
 
 import re
 import subprocess
@@ -68,8 +69,16 @@ def test_parallel_queue_workers_run_each_point_once(client_env):
     loaded = optuna.load_study(study_name=study, storage=MlflowStorage(experiment_id=experiment))
     points = [(t.params["alpha"], t.params["l1_ratio"]) for t in loaded.get_trials() if t.state == TrialState.COMPLETE]
     assert sorted(points) == [(0.1, 0.2), (0.1, 0.8), (0.5, 0.2), (0.5, 0.8)]
-    claims = {k: v for k, v in client.get_run(loaded._study_id).data.params.items() if k.startswith("claim.r1.")}
-    assert sorted(claims) == [f"claim.r1.{i}" for i in range(4)]
+    params = client.get_run(loaded._study_id).data.params
+    claims = {k: v for k, v in params.items() if k.startswith("claim.r1.")}
+    # One claim per point; a later attempt only where the one before it failed, and said so.
+    # (Seen once under load: a trial failed, and the pod ran the point again.)
+    failures = [line for _, err in outputs for line in err.splitlines() if "failed (attempt" in line]
+    for key in claims:
+        index, attempt = map(int, key.split(".")[2:])
+        assert all(f"failed.r1.{index}.{a}" in params for a in range(attempt)), (key, failures)
+    assert sorted({tuple(key.split(".")[2:3]) for key in claims}) == [(str(i),) for i in range(4)]
+    assert len(failures) == sum(1 for k in params if k.startswith("failed.r1.")), failures
     assert {owner.split(":")[0] for owner in claims.values()} <= {"pod-0", "pod-1", "pod-2"}
 
     # A retried pod of the same run, or a later run, finds nothing left to do.
@@ -83,3 +92,94 @@ def test_queue_refuses_a_bad_run_name_in_one_line(client_env):
     result = run_python("sweep.py", "queue", *GRID, "--run", "bad name!", *NAMES, env=client_env)
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "run must be" in result.stderr
+
+
+# A worker whose evaluation (inside the trial's MLflow run) fails FAILS times, then works: the failure
+# is one of the trial's own, as a tracking server hanging up mid-way would be.
+FLAKY = """
+import sys, sweep, train
+real, calls = train.evaluate, []
+def evaluate(*args, **kwargs):
+    calls.append(1)
+    if len(calls) <= FAILS:
+        raise ConnectionError("the tracking server hung up")
+    return real(*args, **kwargs)
+train.evaluate = evaluate
+sys.exit(sweep.main(sys.argv[1:]))
+"""
+
+
+def flaky_queue(fails, *args, env):
+    return subprocess.run([sys.executable, "-c", FLAKY.replace("FAILS", str(fails)), "queue", *args], cwd=WORKSPACE,
+                          env=dict(env, HOSTNAME="flaky"), capture_output=True, text=True, timeout=600)
+
+
+def study_of(experiment, grid, client_env):
+    planned = run_python("sweep.py", "plan", *grid, "--parallel", "1", "--experiment", experiment,
+                         "--registered-model", experiment, env=client_env)
+    assert planned.returncode == 0, planned.stderr
+    import optuna
+    from mlflow.optuna import MlflowStorage
+
+    experiment_id = MlflowClient().get_experiment_by_name(experiment).experiment_id
+    name = re.search(r"^study: (\S+)$", planned.stdout, re.M).group(1)
+    return lambda: optuna.load_study(study_name=name, storage=MlflowStorage(experiment_id=experiment_id))
+
+
+def test_a_failed_trial_says_why_and_its_point_is_tried_again(client_env):
+    from optuna.trial import TrialState
+
+    names = ["--experiment", "sweep-flaky", "--registered-model", "sweep-flaky"]
+    load = study_of("sweep-flaky", GRID, client_env)
+    result = flaky_queue(1, *GRID, "--run", "f1", *names, env=client_env)
+    assert result.returncode == 0, result.stderr
+    # The trial's own error, in one line (after Optuna's warning with its traceback, for the pod's log),
+    # not Optuna's "Cannot tell a FAIL trial" in its place.
+    failures = [line for line in result.stderr.splitlines() if "failed (attempt" in line]
+    assert failures == ["sweep.py: alpha=0.1 l1_ratio=0.2 failed (attempt 1 of 3): "
+                        "ConnectionError: the tracking server hung up"], result.stderr
+    assert "Cannot tell" not in result.stderr
+    assert "ran 4 of the 4 points" in result.stdout
+    study = load()
+    states = Counter(t.state for t in study.get_trials())
+    assert states == {TrialState.COMPLETE: 4, TrialState.FAIL: 1}
+    params = MlflowClient().get_run(study._study_id).data.params
+    assert {k for k in params if k.startswith(("claim.f1.", "failed.f1."))} == {
+        "claim.f1.0.0", "failed.f1.0.0", "claim.f1.0.1", "claim.f1.1.0", "claim.f1.2.0", "claim.f1.3.0"}
+
+
+def test_a_point_failing_every_attempt_fails_the_pod_in_one_line(client_env):
+    grid = ["--alphas", "0.3", "--l1-ratios", "0.4"]
+    names = ["--experiment", "sweep-broken", "--registered-model", "sweep-broken"]
+    study_of("sweep-broken", grid, client_env)
+    result = flaky_queue(99, *grid, "--run", "b1", *names, env=client_env)
+    assert result.returncode != 0
+    assert [line for line in result.stderr.splitlines() if "failed (attempt" in line] == [
+        f"sweep.py: alpha=0.3 l1_ratio=0.4 failed (attempt {n} of 3): ConnectionError: the tracking server hung up"
+        for n in (1, 2, 3)]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("sweep.py: error:")]
+    assert len(errors) == 1 and "1 grid points failed 3 times" in errors[0], result.stderr
+    # The Job's retry pod of that run does not try it a fourth time, and says so.
+    again = run_python("sweep.py", "queue", *grid, "--run", "b1", *names, env=dict(client_env, HOSTNAME="retry"))
+    assert again.returncode != 0 and "ran 0 of the 1 points" in again.stdout
+
+
+def test_a_retried_pod_takes_over_a_failed_attempt_and_leaves_a_held_claim(client_env):
+    from optuna.trial import TrialState
+
+    names = ["--experiment", "sweep-takeover", "--registered-model", "sweep-takeover"]
+    load = study_of("sweep-takeover", GRID, client_env)
+    study_run = load()._study_id
+    client = MlflowClient()
+    # Point 0: its pod failed its first attempt and died. Point 1: another pod holds it, still running.
+    client.log_param(study_run, "claim.t1.0.0", "dead-pod:1")
+    client.log_param(study_run, "failed.t1.0.0", "dead-pod:1")
+    client.log_param(study_run, "claim.t1.1.0", "busy-pod:1")
+    result = run_python("sweep.py", "queue", *GRID, "--run", "t1", *names, env=dict(client_env, HOSTNAME="retry"))
+    assert result.returncode == 0, result.stderr
+    assert "ran 3 of the 4 points" in result.stdout
+    params = client.get_run(study_run).data.params
+    assert params["claim.t1.0.1"].startswith("retry:") and "claim.t1.1.1" not in params
+    points = sorted((t.params["alpha"], t.params["l1_ratio"]) for t in load().get_trials()
+                    if t.state == TrialState.COMPLETE)
+    assert points == [(0.1, 0.2), (0.5, 0.2), (0.5, 0.8)]
