@@ -9,6 +9,7 @@ bench/results/<time>.json. Figures only: nothing here passes or fails on a time.
     make bench BENCH_ARGS=--host-layer-only  # make up/train/help against the bash host layer it replaced
     make bench BENCH_ARGS=--train-only       # make train against the import floor, and its parts
     make bench BENCH_ARGS=--batch-only       # make batch against stock mlflow models predict and Spark
+    make bench BENCH_ARGS=--monitor-only     # the scoring server with its metrics on against off (~3 min)
 """
 
 import argparse
@@ -31,7 +32,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from wine_data import features_and_target, load_wine_data  # workspace/, on PYTHONPATH (make bench)
 
-from bench import batch, host_layer
+from bench import batch, host_layer, monitor
 from devstack.images import base_image
 from tests.support.helpers import ROOT, free_port, wait_for_http, wrk
 from tests.support.stack import Stack, docker_problem
@@ -286,6 +287,8 @@ def main():
                         help="only make up/train/help against the bash host layer it replaced (~10 min)")
     parser.add_argument("--batch-only", action="store_true",
                         help="only make batch against stock mlflow models predict and ENGINE=spark (~15 min)")
+    parser.add_argument("--monitor-only", action="store_true",
+                        help="only the scoring server with its /metrics on against off (~3 min)")
     args = parser.parse_args()
     problem = docker_problem()
     if problem:
@@ -321,6 +324,11 @@ def main():
                 stack.make("train")
                 figures["batch"] = batch.side_by_side(stack, Path(parent) / "batch")
                 return finish(figures, full=False)
+            if args.monitor_only:
+                stack.make("up")
+                stack.make("train")
+                figures["monitor"] = monitor.side_by_side(stack, features_and_target(load_wine_data())[0])
+                return finish(figures, full=False)
             if args.serving_only:
                 stack.make("up")
                 stack.make("train")
@@ -337,6 +345,7 @@ def main():
             url = stack.url("SERVE_PORT") + "/invocations"
             figures["scoring"] = [scoring_latency(url, inputs.head(size), REQUESTS_PER_SIZE) for size in (1, 100, 1000)]
             figures["scoring_side_by_side"] = scoring_side_by_side(stack, inputs)
+            figures["monitor"] = monitor.side_by_side(stack, inputs)
             figures["mlops"] = mlops_loop(stack)
             figures["batch"] = batch.side_by_side(stack, Path(parent) / "batch")
             containers = containers_by_service(stack)
@@ -386,6 +395,8 @@ def finish(figures, full=True):
         print(f"{name:<48} {value:>10}")
     if "batch" in figures:
         batch.print_table(figures["batch"])
+    if "monitor" in figures:
+        monitor.print_table(figures["monitor"])
     print(f"written to {out.relative_to(ROOT)}")
 
 

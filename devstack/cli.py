@@ -15,7 +15,7 @@ from .settings import SettingsError, load, parse_overrides
 COMMANDS = [
     ("The stack", [
         ("up", "stack:up", "Build if needed, start tracking and dev, wait until healthy, print the URLs "
-                           "(TEAM=1: team mode; SPARK=1: a Spark cluster too)"),
+                           "(TEAM=1: team mode; SPARK=1: a Spark cluster; MONITOR=1: Prometheus)"),
         ("down", "stack:down", "Stop and remove the containers (runs, models and artifacts stay in ./mlruns)"),
         ("build", "images:build", "Build the images (tracking, dev, serve), on a registry-free base if need be"),
         ("base-image", "images:make_base_image", "Build the base image from Debian packages, for machines with "

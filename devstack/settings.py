@@ -23,25 +23,26 @@ TRACKING_CONTAINER_PORT = 5000
 COMPOSE_FILES = ("compose.yaml",)
 TEAM_COMPOSE_FILE = "compose.team.yaml"
 SPARK_COMPOSE_FILE = "compose.spark.yaml"
+MONITOR_COMPOSE_FILE = "compose.monitor.yaml"
 
 # What .env must set (the stack's own settings): a value is stated there once, with its comment.
 REQUIRED = ("BIND_ADDRESS", "TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT", "MODEL_URI",
             "SERVE_SERVER", "MLFLOW_DISABLE_TELEMETRY", "BASE_IMAGE", "LOCAL_BASE_IMAGE", "IMAGE_PREFIX",
             "STACK_VERSION", "GARAGE_IMAGE", "LOCAL_GARAGE_IMAGE", "BUILD_NETWORK", "PROMOTE_TOLERANCE",
-            "SPARK_UI_PORT", "K8S_API_PORT", "K8S_SERVE_PORT", "K8S_TRACKING_PORT", "K8S_NAMESPACE")
+            "SPARK_UI_PORT", "K8S_API_PORT", "K8S_SERVE_PORT", "K8S_TRACKING_PORT", "K8S_NAMESPACE", "PROMETHEUS_PORT")
 PORTS = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT", "SPARK_UI_PORT", "K8S_API_PORT", "K8S_SERVE_PORT",
-         "K8S_TRACKING_PORT")
+         "K8S_TRACKING_PORT", "PROMETHEUS_PORT")
 # What may be set in .env but may be empty.
 OPTIONAL = ("COMPOSE_PROJECT_NAME", "TRACKING_ALLOWED_HOSTS", "SERVE_WORKERS", "SERVE_MAX_REQUEST_MB",
-            "SERVE_TIMEOUT", "SERVE_ALLOWED_HOSTS", "APP_UID", "APP_GID", "EXTRA_CA_CERTS", "SPARK_MASTER",
-            "SPARK_DRIVER_HOST", "K8S_CONTEXT", "K8S_REGISTRY")
+            "SERVE_TIMEOUT", "SERVE_ALLOWED_HOSTS", "SERVE_METRICS", "APP_UID", "APP_GID", "EXTRA_CA_CERTS",
+            "SPARK_MASTER", "SPARK_DRIVER_HOST", "K8S_CONTEXT", "K8S_REGISTRY")
 # What make's command line (or the shell) passes to one command: make train ALPHA=0.1 ...
 # name -> default.
 ARGUMENTS = {
     "ALPHA": "0.5", "L1": "0.5", "MODEL": "", "ALIAS": "champion", "VERSION": "", "IMAGE": "", "URL": "",
     "PROJECT": "workspace", "PROJECT_VERSION": "", "NAME": "", "DIR": "", "ALPHAS": "", "L1_RATIOS": "",
     "PROMOTE": "", "PARALLEL": "", "SERVICE": "", "REMOTE": "", "CONFIRM": "", "PYTEST_ARGS": "",
-    "BENCH_ARGS": "", "TEAM": "", "FORCE": "", "IN": "", "OUT": "", "ENGINE": "", "SPARK": "",
+    "BENCH_ARGS": "", "TEAM": "", "FORCE": "", "IN": "", "OUT": "", "ENGINE": "", "SPARK": "", "MONITOR": "",
     "VALUES": "", "K8S_TIMEOUT": "5m", "KUBECTL": "", "HELM": "",
 }
 
@@ -212,10 +213,15 @@ class Settings:
         return bool(self["SPARK"])
 
     @property
+    def monitor(self):
+        return bool(self["MONITOR"])
+
+    @property
     def compose_files(self):
-        """compose.yaml, with team mode's file (TEAM=1) and the Spark cluster's (SPARK=1) on top."""
+        """compose.yaml, with team mode's file (TEAM=1), the Spark cluster's (SPARK=1) and
+        Prometheus's (MONITOR=1) on top."""
         return (COMPOSE_FILES + ((TEAM_COMPOSE_FILE,) if self.team else ())
-                + ((SPARK_COMPOSE_FILE,) if self.spark else ()))
+                + ((SPARK_COMPOSE_FILE,) if self.spark else ()) + ((MONITOR_COMPOSE_FILE,) if self.monitor else ()))
 
     @property
     def network(self):
@@ -231,7 +237,8 @@ class Settings:
 
     @property
     def services_built(self):
-        return ("tracking", "dev", "serve", "batch") + (("proxy", "postgres", "storage") if self.team else ())
+        return (("tracking", "dev", "serve", "batch") + (("proxy", "postgres", "storage") if self.team else ())
+                + (("prometheus",) if self.monitor else ()))
 
     @property
     def images(self):
@@ -240,7 +247,8 @@ class Settings:
     @property
     def images_stamp(self):
         """Touched after a build: images are rebuilt when a file they are built from is newer."""
-        return self.root / ".build" / f"images-{self.image_tag}{'-team' if self.team else ''}"
+        return (self.root / ".build"
+                / f"images-{self.image_tag}{'-team' if self.team else ''}{'-monitor' if self.monitor else ''}")
 
     @property
     def parallel(self):
@@ -270,7 +278,7 @@ class Settings:
                    COMPOSE_FILE=os.pathsep.join(self.compose_files),
                    # The MLflow UI as this machine's browser reaches it, for the links printed in containers.
                    TRACKING_UI_URL=self.ui_base)
-        for name, on in (("TEAM", self.team), ("SPARK", self.spark)):
+        for name, on in (("TEAM", self.team), ("SPARK", self.spark), ("MONITOR", self.monitor)):
             if on:
                 env[name] = "1"
             else:

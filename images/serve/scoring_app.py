@@ -41,12 +41,14 @@ INT_RANGES = {DataType.long: (-2**63, 2**63 - 1), DataType.integer: (-2**31, 2**
 # Bodies up to this size are scored on the event loop: a thread hop would cost more than scoring.
 INLINE_BODY_BYTES = 16 * 1024
 # Probes (Docker, Kubernetes) address containers by IP: these answer whatever the Host header.
-PROBE_PATHS = {"/ping", "/health", "/version"}
+# So does /metrics: Prometheus scrapes targets by address too.
+PROBE_PATHS = {"/ping", "/health", "/version", "/metrics"}
 DEFAULT_ALLOWED_HOSTS = ["serve", "serve:*", "localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*",
                          "[::1]", "[[]::1]:*"]
 
 
 SERVERS = ("devstack", "mlflow")
+SWITCHES = ("on", "off")
 # The numeric SERVE_* settings: (kind, default); empty means the default (workers: one per core).
 NUMBERS = {"SERVE_WORKERS": (int, None), "SERVE_MAX_REQUEST_MB": (float, 32), "SERVE_TIMEOUT": (float, 60)}
 
@@ -63,6 +65,8 @@ def settings_errors(environ):
     errors = []
     if (environ.get("SERVE_SERVER") or "devstack") not in SERVERS:
         errors.append(f"SERVE_SERVER={environ['SERVE_SERVER']}: use one of {', '.join(SERVERS)}")
+    if (environ.get("SERVE_METRICS") or "on") not in SWITCHES:
+        errors.append(f"SERVE_METRICS={environ['SERVE_METRICS']}: use on or off, or leave it empty for on")
     for name, (kind, _) in NUMBERS.items():
         try:
             ok = not environ.get(name) or number(environ, name) > 0
@@ -83,6 +87,9 @@ class Settings:
         self.timeout = number(environ, "SERVE_TIMEOUT")
         extra = [h.strip() for h in (environ.get("SERVE_ALLOWED_HOSTS") or "").split(",") if h.strip()]
         self.allowed_hosts = DEFAULT_ALLOWED_HOSTS + extra
+        self.metrics = (environ.get("SERVE_METRICS") or "on") == "on"
+        # The models:/ URI serve_model.py resolved (its name and version label the metrics).
+        self.model_uri = environ.get("SCORING_MODEL_URI") or self.model_path
 
 
 class NotFast(Exception):
@@ -180,7 +187,7 @@ class FastPath:
                              for i, (name, t) in enumerate(zip(self.names, self.types))})
 
     def score(self, payload):
-        """JSON bytes of {"predictions": ...}; NotFast if the answer must come from MLflow."""
+        """(JSON bytes of {"predictions": ...}, rows); NotFast if the answer must come from MLflow."""
         X = self.features(self.rows(payload))
         try:
             predictions = self.predict(X)
@@ -192,7 +199,7 @@ class FastPath:
         if predictions.dtype.kind == "f" and predictions.dtype != np.float64:
             predictions = predictions.astype(np.float64)  # stock widens float32 the same way
         return orjson.dumps({"predictions": np.ascontiguousarray(predictions)},
-                            option=orjson.OPT_SERIALIZE_NUMPY)
+                            option=orjson.OPT_SERIALIZE_NUMPY), len(X)
 
 
 def linear_arithmetic(estimator, predict, width):
@@ -268,10 +275,12 @@ async def read_body(request, limit):
 class Scorer:
     """Answers /invocations bodies for one model: the fast path where it applies, else MLflow's."""
 
-    def __init__(self, model):
+    def __init__(self, model, scored=None):
         self.model = model
         self.input_schema = model.metadata.get_input_schema()
         self.fast = FastPath.for_model(model)
+        # scored(path, rows) is told of every request answered 200: the metrics' fast/mlflow split.
+        self.scored = scored or (lambda path, rows: None)
 
     def fast_response(self, body, content_type):
         """The answer of the fast path, or None where MLflow's path must answer."""
@@ -282,9 +291,11 @@ class Scorer:
             return None
         try:
             payload = legacy_payload(body, legacy_format) if legacy_format else orjson.loads(body)
-            return Response(self.fast.score(payload), media_type=JSON)
+            answer, rows = self.fast.score(payload)
         except (NotFast, ValueError):  # orjson.JSONDecodeError is a ValueError
             return None
+        self.scored("fast", rows)
+        return Response(answer, media_type=JSON)
 
     def stock_response(self, body, content_type):
         """MLflow's own scoring path, as `mlflow models serve` runs it, with its errors' JSON."""
@@ -297,6 +308,8 @@ class Scorer:
                              "{\"dataframe_split\": ...} as 'application/json' instead.")
         try:
             result = scoring_server.invocations(body, content_type, self.model, self.input_schema)
+            if result.status == 200:
+                self.scored("mlflow", prediction_count(result.response))
             return Response(result.response, result.status, media_type=result.mimetype)
         except MlflowException as e:
             # MLflow puts the server's stack trace in some answers: it goes to the log instead.
@@ -314,6 +327,17 @@ class Scorer:
         return self.fast_response(body, content_type) or self.stock_response(body, content_type)
 
 
+def prediction_count(answer):
+    """The rows MLflow's answer holds: {"predictions": [...]} or {"predictions": {column: [...]}}."""
+    try:
+        predictions = orjson.loads(answer).get("predictions")
+    except (ValueError, AttributeError):
+        return 0
+    if isinstance(predictions, dict):
+        predictions = next(iter(predictions.values()), [])
+    return len(predictions) if isinstance(predictions, list) else 0
+
+
 def read_content_type(content_type):
     """(MLflow 1.x format or None, the content type MLflow's path should see). Read as MLflow reads
     it, so whatever stock refuses (other types, parameters, charsets) still reaches stock."""
@@ -328,7 +352,11 @@ def read_content_type(content_type):
 def create_app(settings=None):
     settings = settings or Settings()
     os.environ["_MLFLOW_IS_IN_SERVING_ENVIRONMENT"] = "true"  # as stock sets it
-    scorer = Scorer(mlflow.pyfunc.load_model(settings.model_path))
+    metrics = None
+    if settings.metrics:
+        from serve_metrics import Metrics
+        metrics = Metrics(settings.model_uri)
+    scorer = Scorer(mlflow.pyfunc.load_model(settings.model_path), metrics and metrics.scored_rows)
     mode = ("fast path, one matrix" if scorer.fast and scorer.fast.array_mode
             else "fast path, DataFrame" if scorer.fast else "MLflow's path (pyfunc)")
     if scorer.fast and scorer.fast.predict is not scorer.fast.model_predict:
@@ -373,9 +401,16 @@ def create_app(settings=None):
             return error(504, "DEADLINE_EXCEEDED", f"Scoring took over {settings.timeout:g} s "
                          "(SERVE_TIMEOUT).")
 
+    async def exposition(request):
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
     routes = [Route("/ping", ping), Route("/health", ping), Route("/version", version),
               Route("/invocations", invocations, methods=["POST"])]
-    return HostCheck(Starlette(routes=routes), settings.allowed_hosts)
+    if metrics:
+        routes.append(Route("/metrics", exposition))
+    app = HostCheck(Starlette(routes=routes), settings.allowed_hosts)
+    return metrics.app(app) if metrics else app
 
 
 class HostCheck:

@@ -50,15 +50,20 @@ def resolve(model_uri, client):
     return f"{prefix}{name}/{max(int(v.version) for v in versions)}", "the latest version"
 
 
-def server_command(model_path, host, port, environ):
-    """argv and environment of the scoring server SERVE_SERVER names, on a local model folder."""
+def server_command(model_path, host, port, environ, model_uri=None):
+    """argv and environment of the scoring server SERVE_SERVER names, on a local model folder
+    (model_uri: the models:/ URI it came from, which names it in the metrics)."""
     workers = number(environ, "SERVE_WORKERS") or len(os.sched_getaffinity(0))
     # No access log: the healthcheck asks for /ping every 2 s, and the log would show little else.
     if environ.get("SERVE_SERVER") == "mlflow":
         command, env = get_cmd(model_uri=model_path, host=host, port=port, nworkers=workers,
                                timeout=environ.get("SERVE_TIMEOUT") or None)
         return [sys.executable, "-m", *shlex.split(command), "--no-access-log"], env
-    env = dict(environ, SCORING_MODEL_PATH=model_path)
+    env = dict(environ, SCORING_MODEL_PATH=model_path, SCORING_MODEL_URI=model_uri or model_path)
+    if (environ.get("SERVE_METRICS") or "on") == "on":
+        # The workers' metric files (serve_metrics.py): a new, empty folder on every start, so no
+        # count of a server that ran before is summed in.
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="serve-metrics-")
     return [sys.executable, "-m", "uvicorn", "--factory", "scoring_app:create_app",
             "--app-dir", str(Path(__file__).resolve().parent),
             "--host", host, "--port", str(port), "--workers", str(workers),
@@ -116,9 +121,10 @@ def main(argv=None):
         local_path, picked = os.environ["MODEL_PATH"], os.environ.get("PACKAGED_MODEL_URI", "baked in")
     else:
         local_path, picked = fetch(args.model_uri, tempfile.mkdtemp(prefix="model-"))
+    served = picked.split(" (")[0]  # models:/NAME/VERSION (how it was picked)
     server = os.environ.get("SERVE_SERVER") or "devstack"
     print(f"serve: serving {picked} on port {args.port} with the {server} scoring server", flush=True)
-    command, env = server_command(local_path, args.host, args.port, os.environ)
+    command, env = server_command(local_path, args.host, args.port, os.environ, served)
     os.execve(command[0], command, env)
 
 

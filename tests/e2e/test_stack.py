@@ -187,6 +187,43 @@ def test_a_foreign_host_header_is_refused(stack, served):
     assert "SERVE_ALLOWED_HOSTS" in response.json()["message"]
 
 
+def scrape(url, host=None):
+    """{sample name and labels as Prometheus prints them: value} of a /metrics page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = requests.get(url, headers={"Host": host} if host else {}, timeout=30)
+    assert response.status_code == 200, response.text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+def test_the_model_servers_metrics_count_its_requests_and_name_its_model(stack, served):
+    metrics = served.replace("/invocations", "/metrics")
+    key = ("serve_requests_total", (("route", "/invocations"), ("status", "200")))
+    before = scrape(metrics).get(key, 0)
+    for _ in range(5):
+        stack.make("predict")
+    # Prometheus scrapes by address: a foreign Host is answered here, as on /ping.
+    after = scrape(metrics, host="10.1.2.3:5001")
+    assert after[key] - before == 5
+    # The version make serve resolved (wine-quality's @champion, else its latest), by name and number.
+    [info] = [dict(labels) for name, labels in after if name == "serve_model_info"]
+    assert info["name"] == "wine-quality" and info["version"].isdigit(), info
+    assert info["uri"] == f"models:/wine-quality/{info['version']}" and info["server"] == "devstack"
+    logs = subprocess.run(["docker", "logs", stack.container_of("serve")], capture_output=True, text=True)
+    assert f"serving models:/wine-quality/{info['version']} " in logs.stdout + logs.stderr
+
+
+def test_the_tracking_servers_metrics_count_its_requests(stack, trained_run):
+    metrics = stack.url("TRACKING_PORT") + "/metrics"
+    before = sum(v for (name, _), v in scrape(metrics).items() if name == "mlflow_http_request_total")
+    for _ in range(3):
+        requests.get(stack.url("TRACKING_PORT") + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
+    after = sum(v for (name, _), v in scrape(metrics).items() if name == "mlflow_http_request_total")
+    # The three searches (a scrape is not counted).
+    assert after - before == 3
+
+
 def test_stock_mlflow_scoring_is_one_setting_away(stack, trained_run):
     try:
         stack.make("serve", "SERVE_SERVER=mlflow", timeout=900)

@@ -48,7 +48,7 @@ def test_serves_the_model_with_its_workers_and_the_same_predictions(client_env, 
 
 @pytest.mark.parametrize("setting,value", [("SERVE_SERVER", "mlserver"), ("SERVE_WORKERS", "0"),
                                            ("SERVE_WORKERS", "two"), ("SERVE_MAX_REQUEST_MB", "-1"),
-                                           ("SERVE_TIMEOUT", "soon")])
+                                           ("SERVE_TIMEOUT", "soon"), ("SERVE_METRICS", "yes")])
 def test_a_bad_setting_is_one_line_naming_it(client_env, setting, value):
     result = run_python(SERVE_MODEL, env=dict(client_env, **{setting: value}), timeout=120)
     assert result.returncode == 2

@@ -98,12 +98,13 @@ def printed_run(printed):
 
 
 @contextmanager
-def scoring_server(server, model_path, log_dir, workers=2, **settings):
-    """SERVE_SERVER=server on model_path, as serve_model.py execs it; yields (base URL, process)."""
+def scoring_server(server, model_path, log_dir, workers=2, model_uri=None, **settings):
+    """SERVE_SERVER=server on model_path (from model_uri, if given), as serve_model.py execs it;
+    yields (base URL, process)."""
     import serve_model  # images/serve, on the tests' path (pytest.ini), not on bench's
     port = free_port()
     env = tool_env(SERVE_SERVER=server, SERVE_WORKERS=workers, **settings)
-    command, env = serve_model.server_command(str(model_path), "127.0.0.1", port, env)
+    command, env = serve_model.server_command(str(model_path), "127.0.0.1", port, env, model_uri)
     base = f"http://127.0.0.1:{port}"
     with background_process(command, Path(log_dir) / f"{server}.log", f"{base}/ping", timeout=180,
                             env=env, cwd=log_dir) as process:

@@ -26,7 +26,7 @@ NOT_COPIED = {".git", ".venv", ".build", ".secrets", "__pycache__", ".pytest_cac
 NOT_INHERITED = ("COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "TEAM", "SPARK", "APP_UID", "APP_GID", "MAKEFLAGS", "MFLAGS",
                  "MAKELEVEL", "K8S_CONTEXT", "K8S_REGISTRY", "KUBECONFIG")
 PORT_VARIABLES = ("TRACKING_PORT", "JUPYTER_PORT", "SSH_PORT", "SERVE_PORT", "SPARK_UI_PORT", "K8S_API_PORT",
-                  "K8S_SERVE_PORT", "K8S_TRACKING_PORT")
+                  "K8S_SERVE_PORT", "K8S_TRACKING_PORT", "PROMETHEUS_PORT")
 
 
 def compose_command():
@@ -181,6 +181,8 @@ class Stack:
     def remove(self):
         """Remove containers, network and volume (the images stay, as build cache), then the copy."""
         down = self.run_compose("--profile", "serve", "down", "--volumes", "--remove-orphans")
+        # Prometheus's (make up MONITOR=1) is declared only in compose.monitor.yaml.
+        subprocess.run(["docker", "volume", "rm", "-f", f"{self.project}_prometheus-data"], capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
         if down.returncode != 0:
             raise AssertionError(f"compose down failed: {down.stderr}")

@@ -33,7 +33,7 @@ def test_settings_read_env_as_compose_does(compose_reading, name):
 def project(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     folder = checkout(tmp_path / "Some Checkout")
-    for name in ("compose.yaml", "compose.team.yaml", "compose.spark.yaml"):
+    for name in ("compose.yaml", "compose.team.yaml", "compose.spark.yaml", "compose.monitor.yaml"):
         (folder / name).write_bytes(open(os.path.join(root, name), "rb").read())
     secrets = folder / ".secrets"
     secrets.mkdir()
@@ -82,6 +82,26 @@ def test_the_spark_cluster_publishes_only_its_masters_ui_on_loopback(project):
     local = load(project)
     jobs = compose_config(project, local.compose_env(base), "--profile", "jobs")["services"]
     assert "spark-master" not in jobs and "batch-spark" in jobs
+
+
+def test_monitoring_adds_prometheus_on_loopback_with_a_volume_of_its_own(project):
+    """make up MONITOR=1: Prometheus on its own image, its UI published on BIND_ADDRESS and
+    PROMETHEUS_PORT only, its samples in a named volume; absent without MONITOR=1."""
+    settings = load(project, environ={"PROMETHEUS_PORT": "9123"}, overrides={"MONITOR": "1"})
+    base = {key: value for key, value in os.environ.items() if not key.startswith("COMPOSE") and key != "MONITOR"}
+    config = compose_config(project, settings.compose_env(base))
+    prometheus = config["services"]["prometheus"]
+    assert prometheus["image"] == settings.image("prometheus")
+    assert prometheus["build"]["target"] == "prometheus"
+    assert [address_and_port(p) for p in prometheus["ports"]] == [("127.0.0.1", "9123", "9090")]
+    assert "user" not in prometheus  # the image's user, never root
+    [volume] = prometheus["volumes"]
+    target = volume["target"] if isinstance(volume, dict) else volume.split(":")[1]
+    assert target == "/prometheus" and "prometheus-data" in config["volumes"]
+    assert settings.image("prometheus") in settings.images
+    local = load(project)
+    assert "prometheus" not in compose_config(project, local.compose_env(base))["services"]
+    assert settings.image("prometheus") not in local.images
 
 
 def address_and_port(published):

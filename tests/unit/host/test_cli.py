@@ -55,6 +55,14 @@ def test_a_bad_port_on_the_command_line_is_one_line(tmp_path):
     assert "TRACKING_PORT=http is not a port" in err
 
 
+def test_monitoring_team_mode_is_refused_in_one_line_before_anything_starts(tmp_path):
+    status, out, err = run_cli(checkout(tmp_path / "c"), "up", "TEAM=1", "MONITOR=1")
+    assert status == 2 and out == ""
+    assert err == ("error: MONITOR=1 with TEAM=1 is not built yet: team mode's replicas keep /metrics behind the "
+                   "login (docs/monitoring.md); use MONITOR=1 with the local stack\n")
+    assert not (tmp_path / "c" / ".secrets").exists()
+
+
 @pytest.fixture
 def fake_docker(tmp_path):
     """A `docker` that has the images listed in $tmp/images and whose pulls fail (no registry)."""

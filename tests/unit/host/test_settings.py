@@ -121,6 +121,14 @@ def test_spark_adds_the_clusters_compose_file_on_top(tmp_path):
     assert spark.compose_env({})["SPARK"] == "1" and "SPARK" not in load(tmp_path).compose_env({"SPARK": "1"})
 
 
+def test_monitor_adds_prometheus_compose_file_image_and_stamp(tmp_path):
+    monitor = load(tmp_path, overrides={"MONITOR": "1"})
+    assert monitor.compose_env({})["COMPOSE_FILE"] == "compose.yaml:compose.monitor.yaml"
+    assert monitor.compose_env({})["MONITOR"] == "1" and "MONITOR" not in load(tmp_path).compose_env({"MONITOR": "1"})
+    assert monitor.images[-1].split("/")[-1].startswith("prometheus:") and len(monitor.images) == 5
+    assert monitor.images_stamp.name.endswith("-monitor")
+
+
 def test_makes_bookkeeping_does_not_reach_compose(tmp_path):
     env = load(tmp_path).compose_env({"MAKEFLAGS": "x", "MAKELEVEL": "1", "PATH": "/bin"})
     assert "MAKEFLAGS" not in env and "MAKELEVEL" not in env and env["PATH"] == "/bin"
