@@ -13,8 +13,12 @@ mode, so the folder is set in the environment before uvicorn starts, never here.
     serve_model_info{name,version,uri,server}       1, naming the model served
 """
 
+import asyncio
+import bisect
 import os
+import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from prometheus_client import (
@@ -32,6 +36,10 @@ DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
 # Routes are labels as they are; any other path is "other", so a scanner cannot grow the series.
 ROUTES = ("/invocations", "/ping", "/health", "/version", "/metrics")
 # Latency buckets: the fast path answers in well under a millisecond, SERVE_TIMEOUT is 60 s.
+# A request only adds to this worker's tallies; they reach the shared files at most this long after
+# (and at once for the worker answering /metrics). One write per changed series per flush, instead of
+# seven per request: the difference is most of what counting costs.
+FLUSH_SECONDS = 0.25
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -68,11 +76,27 @@ class Metrics:
             self._answered[("/invocations", status)] = self.requests.labels("/invocations", str(status))
         self._timers = {route: self.latency.labels(route) for route in (*ROUTES, "other")}
         self._scored = {path: (self.scored.labels(path), self.rows.labels(path)) for path in ("fast", "mlflow")}
+        # Tallies since the last flush: amounts by counter value (a series, or a histogram's bucket or
+        # sum), and the requests in flight. Scoring threads add to them too: under the lock.
+        self._lock = threading.Lock()
+        self._pending = defaultdict(float)
+        self._in_flight = 0
+        self._flush_due = False
 
     def scored_rows(self, path, rows):
         requests, scored = self._scored[path]
-        requests.inc()
-        scored.inc(rows)
+        with self._lock:
+            self._pending[requests._value] += 1
+            self._pending[scored._value] += rows
+
+    def flush(self):
+        """Writes the tallies into the shared files (the event loop's thread)."""
+        with self._lock:
+            pending, self._pending = self._pending, defaultdict(float)
+            in_flight, self._flush_due = self._in_flight, False
+        for value, amount in pending.items():
+            value.inc(amount)
+        self.in_flight.set(in_flight)
 
     def app(self, app):
         async def instrumented(scope, receive, send):
@@ -88,21 +112,35 @@ class Metrics:
                 await send(message)
 
             started = time.perf_counter()
-            self.in_flight.inc()
+            with self._lock:
+                self._in_flight += 1
             try:
                 await app(scope, receive, send_status)
             finally:
-                self.in_flight.dec()
-                self._timers[route].observe(time.perf_counter() - started)
+                took = time.perf_counter() - started
                 key = (route, status)
                 child = self._answered.get(key)
                 if child is None:
                     child = self._answered[key] = self.requests.labels(route, str(status))
-                child.inc()
+                timer = self._timers[route]
+                # The histogram's own observe(), tallied: its sum, and the one bucket the time falls
+                # in (prometheus_client stores buckets uncumulated, and sums them when it reads).
+                bucket = timer._buckets[bisect.bisect_left(BUCKETS, took)]
+                with self._lock:
+                    self._in_flight -= 1
+                    pending = self._pending
+                    pending[child._value] += 1
+                    pending[timer._sum] += took
+                    pending[bucket] += 1
+                    due, self._flush_due = self._flush_due, True
+                if not due:
+                    asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
         return instrumented
 
     def exposition(self):
-        """(body, content type) of /metrics: every worker's samples, summed."""
+        """(body, content type) of /metrics: every worker's samples, summed (this worker's tallies
+        written first; the others' are at most FLUSH_SECONDS old)."""
+        self.flush()
         if not self.multiprocess:
             return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
         registry = CollectorRegistry()

@@ -4,6 +4,7 @@ import json
 import re
 import socket
 import subprocess
+import time
 
 import pytest
 import requests
@@ -203,8 +204,11 @@ def test_the_model_servers_metrics_count_its_requests_and_name_its_model(stack, 
     before = scrape(metrics).get(key, 0)
     for _ in range(5):
         stack.make("predict")
-    # Prometheus scrapes by address: a foreign Host is answered here, as on /ping.
-    after = scrape(metrics, host="10.1.2.3:5001")
+    # Prometheus scrapes by address: a foreign Host is answered here, as on /ping. Each worker writes
+    # its counts at most 0.25 s after a request (serve_metrics.FLUSH_SECONDS): 10 s is the bound.
+    deadline = time.monotonic() + 10
+    while (after := scrape(metrics, host="10.1.2.3:5001"))[key] - before < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert after[key] - before == 5
     # The version make serve resolved (wine-quality's @champion, else its latest), by name and number.
     [info] = [dict(labels) for name, labels in after if name == "serve_model_info"]

@@ -3,6 +3,7 @@ workers: counts summed over both, the latency histogram, the fast/MLflow split, 
 a foreign Host, and SERVE_METRICS=off."""
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +25,18 @@ def samples(base, host=None):
     assert response.headers["content-type"].startswith("text/plain")
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+def settled(base, name, labels, expected, host=None):
+    """/metrics once the series reads `expected`: each worker writes its tallies at most
+    serve_metrics.FLUSH_SECONDS (0.25 s) after a request; 10 s is the bound here."""
+    key = (name, tuple(sorted(labels.items())))
+    deadline = time.monotonic() + 10
+    while True:
+        now = samples(base, host)
+        if now.get(key, 0) == expected or time.monotonic() > deadline:
+            assert now.get(key, 0) == expected, (key, now.get(key), expected)
+            return now
 
 
 def body(rows=ROWS):
@@ -58,7 +71,8 @@ def test_counts_are_exact_and_summed_over_both_workers(server, trained):
 
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(post, range(REQUESTS))) == [200] * REQUESTS
-    after = samples(base)
+    key = ("serve_requests_total", (("route", "/invocations"), ("status", "200")))
+    after = settled(base, *key[:1], dict(key[1]), before.get(key, 0) + REQUESTS)
 
     def rise(name, **labels):
         key = (name, tuple(sorted(labels.items())))
@@ -70,8 +84,9 @@ def test_counts_are_exact_and_summed_over_both_workers(server, trained):
     assert 0 < rise("serve_request_duration_seconds_sum", route="/invocations") < REQUESTS * 60
     assert rise("serve_scored_requests_total", path="fast") == REQUESTS
     assert rise("serve_scored_rows_total", path="fast") == REQUESTS * ROWS
-    # Only this scrape is in flight while it is answered.
-    assert after[("serve_requests_in_flight", ())] == 1
+    # Only this scrape is in flight while it is answered (once the other worker wrote its last count:
+    # a scrape it answered a moment ago counted itself).
+    settled(base, "serve_requests_in_flight", {}, 1)
     name, version = trained.model_uri.split("/")[1:]
     assert after[("serve_model_info", (("name", name), ("server", "devstack"), ("uri", trained.model_uri),
                                         ("version", version)))] == 1
@@ -87,8 +102,8 @@ def test_requests_off_the_fast_path_are_counted_as_mlflows(server):
     # An index: valid for MLflow, outside what the fast path reads.
     response = requests.post(f"{base}/invocations", json={"dataframe_split": {**split, "index": [7, 8]}}, timeout=60)
     assert response.status_code == 200
-    after = samples(base)
     key = ("serve_scored_rows_total", (("path", "mlflow"),))
+    after = settled(base, "serve_scored_rows_total", {"path": "mlflow"}, before.get(key, 0) + 2)
     assert after[key] - before.get(key, 0) == 2
     assert after[("serve_scored_requests_total", (("path", "fast"),))] == before[
         ("serve_scored_requests_total", (("path", "fast"),))]
@@ -99,14 +114,15 @@ def test_metrics_answer_a_foreign_host_and_count_what_it_was_refused(server):
     before = samples(base)
     refused = requests.post(f"{base}/invocations", json=body(), headers={"Host": "evil.example"}, timeout=60)
     assert refused.status_code == 403
-    after = samples(base, host="evil.example")
     key = ("serve_requests_total", (("route", "/invocations"), ("status", "403")))
+    after = settled(base, "serve_requests_total", {"route": "/invocations", "status": "403"},
+                    before.get(key, 0) + 1, host="evil.example")
     assert after[key] - before.get(key, 0) == 1
     # A path that is no route is one "other" series, whatever the path.
     for path in ("/nope", "/nope/again"):
         assert requests.get(f"{base}{path}", timeout=30).status_code == 404
-    key = ("serve_requests_total", (("route", "other"), ("status", "404")))
-    assert samples(base)[key] - before.get(key, 0) == 2
+    settled(base, "serve_requests_total", {"route": "other", "status": "404"},
+            before.get(("serve_requests_total", (("route", "other"), ("status", "404"))), 0) + 2)
 
 
 def test_a_restarted_server_starts_from_zero_in_a_new_folder(model_dir, trained, tmp_path):
@@ -119,7 +135,7 @@ def test_a_restarted_server_starts_from_zero_in_a_new_folder(model_dir, trained,
             assert fresh[("serve_requests_total", (("route", "/invocations"), ("status", "200")))] == 0
             assert fresh[("serve_scored_rows_total", (("path", "fast"),))] == 0
             assert requests.post(f"{base}/invocations", json=body(), timeout=60).status_code == 200
-            assert samples(base)[("serve_requests_total", (("route", "/invocations"), ("status", "200")))] == 1
+            settled(base, "serve_requests_total", {"route": "/invocations", "status": "200"}, 1)
     assert folders[0] != folders[1]
 
 
