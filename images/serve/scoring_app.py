@@ -59,6 +59,11 @@ def number(environ, name):
     return kind(value) if value else default
 
 
+def metrics_on(environ):
+    """SERVE_METRICS: on (also when empty) or off; settings_errors refuses anything else."""
+    return (environ.get("SERVE_METRICS") or "on") == "on"
+
+
 def settings_errors(environ):
     """One line per SERVE_* setting that cannot work, naming it and what it takes: `serve_model.py`
     checks them before starting either server."""
@@ -87,7 +92,7 @@ class Settings:
         self.timeout = number(environ, "SERVE_TIMEOUT")
         extra = [h.strip() for h in (environ.get("SERVE_ALLOWED_HOSTS") or "").split(",") if h.strip()]
         self.allowed_hosts = DEFAULT_ALLOWED_HOSTS + extra
-        self.metrics = (environ.get("SERVE_METRICS") or "on") == "on"
+        self.metrics = metrics_on(environ)
         # The models:/ URI serve_model.py resolved (its name and version label the metrics).
         self.model_uri = environ.get("SCORING_MODEL_URI") or self.model_path
 

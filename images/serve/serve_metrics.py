@@ -35,11 +35,11 @@ from prometheus_client import (
 DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
 # Routes are labels as they are; any other path is "other", so a scanner cannot grow the series.
 ROUTES = ("/invocations", "/ping", "/health", "/version", "/metrics")
-# Latency buckets: the fast path answers in well under a millisecond, SERVE_TIMEOUT is 60 s.
 # A request only adds to this worker's tallies; they reach the shared files at most this long after
 # (and at once for the worker answering /metrics). One write per changed series per flush, instead of
 # seven per request: the difference is most of what counting costs.
 FLUSH_SECONDS = 0.25
+# Latency buckets: the fast path answers in well under a millisecond, SERVE_TIMEOUT is 60 s.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 

@@ -20,7 +20,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.scoring_server import get_cmd
 from mlflow.tracking import MlflowClient
-from scoring_app import number, settings_errors
+from scoring_app import metrics_on, number, settings_errors
 
 CHAMPION = "champion"
 
@@ -59,8 +59,10 @@ def server_command(model_path, host, port, environ, model_uri=None):
         command, env = get_cmd(model_uri=model_path, host=host, port=port, nworkers=workers,
                                timeout=environ.get("SERVE_TIMEOUT") or None)
         return [sys.executable, "-m", *shlex.split(command), "--no-access-log"], env
-    env = dict(environ, SCORING_MODEL_PATH=model_path, SCORING_MODEL_URI=model_uri or model_path)
-    if (environ.get("SERVE_METRICS") or "on") == "on":
+    env = dict(environ, SCORING_MODEL_PATH=model_path)
+    if model_uri:
+        env["SCORING_MODEL_URI"] = model_uri
+    if metrics_on(environ):
         # The workers' metric files (serve_metrics.py): a new, empty folder on every start, so no
         # count of a server that ran before is summed in.
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="serve-metrics-")

@@ -45,6 +45,12 @@ def monitored(stack, trained_run):
         stack.make("up", timeout=1800)  # without MONITOR=1: Prometheus goes, its volume stays
 
 
+def number(stack, query):
+    """The query's first value once it is a number (a ratio over a minute with no request is NaN)."""
+    result = api(stack, "query", query=query)["result"]
+    return result and result[0]["value"][1] != "NaN" and result
+
+
 def targets_up(stack):
     active = api(stack, "targets")["activeTargets"]
     health = {t["labels"]["job"]: t["health"] for t in active}
@@ -79,6 +85,12 @@ def test_the_recording_rules_have_values_after_traffic(monitored):
     for _ in range(20):
         answer = requests.post(stack.url("SERVE_PORT") + "/invocations", json=body, timeout=30)
         assert answer.status_code == 200, answer.text
+    # And the tracking server's API (a scrape is not counted there): with no request in the last
+    # minute a ratio is 0/0, NaN, as Prometheus has it.
+    for _ in range(5):
+        answer = requests.get(stack.url("TRACKING_PORT") + "/api/2.0/mlflow/experiments/search?max_results=1",
+                              timeout=30)
+        assert answer.status_code == 200, answer.text
 
     def rate():
         result = api(stack, "query", query='serve:requests:rate1m{route="/invocations",status="200"}')["result"]
@@ -89,11 +101,10 @@ def test_the_recording_rules_have_values_after_traffic(monitored):
                 lambda: api(stack, "query", query="serve:latency_seconds:p99_1m")["result"])
     assert 0 < float(p99[0]["value"][1]) < 60
     # No 5xx answer: the ratio is 0 (a series, not an empty result).
-    errors = until("serve:error_ratio:rate1m",
-                   lambda: api(stack, "query", query="serve:error_ratio:rate1m")["result"])
+    errors = until("serve:error_ratio:rate1m", lambda: number(stack, "serve:error_ratio:rate1m"))
     assert float(errors[0]["value"][1]) == 0
-    tracking_errors = until("tracking:error_ratio:rate1m",
-                            lambda: api(stack, "query", query="tracking:error_ratio:rate1m")["result"])
+    tracking_errors = until("tracking:error_ratio:rate1m after API requests",
+                            lambda: number(stack, "tracking:error_ratio:rate1m"))
     assert float(tracking_errors[0]["value"][1]) == 0
     tracking = until("tracking:requests:rate1m",
                      lambda: api(stack, "query", query="sum(tracking:requests:rate1m)")["result"])

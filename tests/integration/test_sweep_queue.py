@@ -77,7 +77,7 @@ def test_parallel_queue_workers_run_each_point_once(client_env):
     for key in claims:
         index, attempt = map(int, key.split(".")[2:])
         assert all(f"failed.r1.{index}.{a}" in params for a in range(attempt)), (key, failures)
-    assert sorted({tuple(key.split(".")[2:3]) for key in claims}) == [(str(i),) for i in range(4)]
+    assert sorted({key.split(".")[2] for key in claims}) == [str(i) for i in range(4)]
     assert len(failures) == sum(1 for k in params if k.startswith("failed.r1.")), failures
     assert {owner.split(":")[0] for owner in claims.values()} <= {"pod-0", "pod-1", "pod-2"}
 
